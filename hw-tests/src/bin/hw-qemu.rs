@@ -1,0 +1,154 @@
+//! `hw-qemu`: boots the appliance image on an emulated machine with SR-IOV NICs, an IOMMU and
+//! SVM (QEMU), runs the factory suite there over the serial console, and prints its report.
+//!
+//! Exit codes: 0 the suite passed; 1 the suite ran and a check failed; 2 the lab could not
+//! produce a trustworthy report (missing QEMU or kernel, boot failure, timeout, corrupt report).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hw_tests::lab::{self, LabRun, qemu::LabMachine};
+use initramfs::binaries::{self, APPLIANCE_BINARIES};
+use initramfs::image::{self, DEFAULT_HUGEPAGES, DEFAULT_ZSTD_LEVEL, ImageConfig};
+use initramfs::inputs::{self, LabInputs};
+
+/// Run the factory suite on the emulated appliance.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The appliance image; built (with our binaries) when not given.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// The lab inputs manifest written by hw-tests/setup.sh.
+    #[arg(long, default_value_os_t = inputs::default_manifest())]
+    inputs: PathBuf,
+    /// The factory profile to run.
+    #[arg(long, default_value_os_t = binaries::workspace_root().join("hw-tests/profiles/qemu-lab.toml"))]
+    profile: PathBuf,
+    /// Time limit for the whole run, in seconds.
+    #[arg(long, default_value_t = 240)]
+    timeout: u64,
+    /// Where to write the guest's console output.
+    #[arg(long)]
+    console_log: Option<PathBuf>,
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Also write the report as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hw-qemu: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let inputs = LabInputs::load(&args.inputs)?;
+    let profile_text = std::fs::read_to_string(&args.profile)
+        .map_err(|e| format!("cannot read profile {}: {e}", args.profile.display()))?;
+    hw_tests::profile::Profile::parse(&profile_text, &args.profile)?;
+    let work = binaries::workspace_root().join("target/hw-qemu");
+    std::fs::create_dir_all(&work)?;
+
+    let image = match args.image {
+        Some(image) => image,
+        None => {
+            let t = Instant::now();
+            let bin_dir = binaries::build_static(APPLIANCE_BINARIES)?;
+            let out = work.join("appliance.cpio.zst");
+            let config = ImageConfig::appliance(inputs.clone(), bin_dir, DEFAULT_HUGEPAGES);
+            let summary = image::build(&config, &out, DEFAULT_ZSTD_LEVEL)?;
+            eprintln!(
+                "hw-qemu: image {} ({} KiB) built in {:.1} s",
+                out.display(),
+                summary.compressed_bytes / 1024,
+                t.elapsed().as_secs_f64()
+            );
+            out
+        }
+    };
+    let data_dir = tempfile::tempdir()?;
+    let data_disk = data_dir.path().join("data.img");
+    lab::make_data_disk(&inputs.mkfs_ext4, &data_disk, 64)?;
+    let console_log = args.console_log.unwrap_or_else(|| work.join("console.log"));
+    let run = LabRun {
+        machine: LabMachine {
+            qemu: inputs.qemu.clone(),
+            kernel: inputs.vmlinuz.clone(),
+            initrd: image,
+            data_disk: Some(data_disk),
+            cpus: 2,
+            memory_mib: 1536,
+        },
+        profile_text,
+        timeout: Duration::from_secs(args.timeout),
+        console_log: console_log.clone(),
+    };
+    eprintln!(
+        "hw-qemu: booting {} with kernel {}",
+        run.machine.initrd.display(),
+        inputs.kernel_version
+    );
+    let t = Instant::now();
+    let result = match lab::run(&run) {
+        Ok(r) => r,
+        Err(e) => {
+            show_console(&console_log);
+            return Err(e.into());
+        }
+    };
+    let total = t.elapsed();
+    println!("{}", result.report.to_json());
+    eprint!("{}", result.report.to_text());
+    eprintln!(
+        "hw-qemu: boot to ready {:.1} s, suite {:.1} s, QEMU start to report {:.1} s",
+        result.boot.as_secs_f64(),
+        result.suite.as_secs_f64(),
+        (result.boot + result.suite).as_secs_f64()
+    );
+    eprintln!(
+        "hw-qemu: whole run {:.1} s; console log {}",
+        total.as_secs_f64(),
+        console_log.display()
+    );
+    if let Some(path) = &args.report {
+        std::fs::write(path, result.report.to_json())?;
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, result.report.to_junit())?;
+    }
+    let consistent = result.report.passed == (result.suite_exit == 0);
+    if !consistent {
+        show_console(&console_log);
+        return Err(format!(
+            "hw-test exited {} but its report says passed={}",
+            result.suite_exit, result.report.passed
+        )
+        .into());
+    }
+    if result.report.passed {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        show_console(&console_log);
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn show_console(path: &std::path::Path) {
+    eprintln!("hw-qemu: ---- guest console ({}) ----", path.display());
+    match std::fs::read_to_string(path) {
+        Ok(text) => eprintln!("{}", text.replace('\r', "")),
+        Err(e) => eprintln!("(cannot read it: {e})"),
+    }
+    eprintln!("hw-qemu: ---- end of guest console ----");
+}
