@@ -1,6 +1,5 @@
 //! What goes into the appliance image, and where.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -246,6 +245,7 @@ pub fn build(config: &ImageConfig, out: &Path, level: i32) -> Result<ImageSummar
 mod tests {
     use super::*;
     use crate::modules::WantedModule;
+    use std::collections::BTreeMap;
     use std::time::{Duration, SystemTime};
 
     /// A kernel tree, busybox and a binary of our own, all fake but in the real formats.
