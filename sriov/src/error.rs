@@ -153,6 +153,72 @@ pub enum SriovError {
         source: io::Error,
     },
 
+    /// A VF setting is malformed or out of range; nothing was written.
+    #[error(transparent)]
+    InvalidSetting(#[from] crate::vf_settings::SettingError),
+
+    /// The PF has no netdev, so its VFs cannot be configured.
+    #[error(
+        "PF {pf} has no network interface (driver {driver}); VF settings go through the PF's netdev: bind it to its network driver"
+    )]
+    PfHasNoNetdev {
+        /// The PF.
+        pf: PciAddress,
+        /// Its driver.
+        driver: String,
+    },
+
+    /// The PF's driver does not support a VF setting.
+    #[error(
+        "PF {pf}: driver {driver} does not support setting `{setting}` on VF {index} ({source})"
+    )]
+    VfSettingUnsupported {
+        /// The PF.
+        pf: PciAddress,
+        /// Its driver.
+        driver: String,
+        /// VF index.
+        index: u32,
+        /// The setting's name.
+        setting: String,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The PF's driver rejected a VF setting's value.
+    #[error(
+        "PF {pf}: driver {driver} rejected `{setting}` on VF {index} ({source}); the driver may not support that value"
+    )]
+    VfSettingRejected {
+        /// The PF.
+        pf: PciAddress,
+        /// Its driver.
+        driver: String,
+        /// VF index.
+        index: u32,
+        /// The setting and its value.
+        setting: String,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The driver accepted a setting but reports something else: never a silent success.
+    #[error("PF {pf}: driver {driver} accepted `{setting}` on VF {index} but reports {reported}")]
+    VfSettingNotApplied {
+        /// The PF.
+        pf: PciAddress,
+        /// Its driver.
+        driver: String,
+        /// VF index.
+        index: u32,
+        /// The setting and its value.
+        setting: String,
+        /// What the driver reports.
+        reported: String,
+    },
+
     /// VFs did not appear or disappear in time after a count change.
     #[error(
         "PF {pf}: expected {expected} VFs after writing sriov_numvfs, saw {seen} after {waited_ms} ms; see `dmesg`"
@@ -177,7 +243,9 @@ impl SriovError {
             SriovError::Read { source, .. }
             | SriovError::Write { source, .. }
             | SriovError::Netlink { source, .. }
-            | SriovError::NoSuchInterface { source, .. } => source.raw_os_error(),
+            | SriovError::NoSuchInterface { source, .. }
+            | SriovError::VfSettingUnsupported { source, .. }
+            | SriovError::VfSettingRejected { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{SriovError, write_advice};
+use crate::vf_config::VfControl;
+use crate::vf_netlink::NetlinkVfControl;
 
 /// Applies sysfs writes. The real kernel reacts to them itself; a simulator models it.
 pub trait KernelWriter: Send + Sync + Debug {
@@ -37,6 +39,7 @@ pub struct Host {
     sys: PathBuf,
     proc: PathBuf,
     writer: Arc<dyn KernelWriter>,
+    vf_control: Arc<dyn VfControl>,
 }
 
 impl Default for Host {
@@ -61,7 +64,19 @@ impl Host {
             sys: sys.into(),
             proc: proc.into(),
             writer,
+            vf_control: Arc::new(NetlinkVfControl),
         }
+    }
+
+    /// The same host with another VF control (the simulator's model).
+    pub fn with_vf_control(mut self, vf_control: Arc<dyn VfControl>) -> Self {
+        self.vf_control = vf_control;
+        self
+    }
+
+    /// What VF settings go through.
+    pub(crate) fn vf_control(&self) -> &dyn VfControl {
+        &*self.vf_control
     }
 
     /// The sysfs root (`/sys` on a real host).

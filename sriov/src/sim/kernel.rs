@@ -206,6 +206,11 @@ impl SimKernel {
                 }
             }
         }
+        // The driver forgets the VFs' settings with them.
+        let config = tree::dev_dir(&self.root, pf.addr).join(super::vf::VF_CONFIG_DIR);
+        if config.exists() {
+            fs::remove_dir_all(config)?;
+        }
         for (index, vf) in vfs.iter().enumerate() {
             tree::remove_device(&self.root, *vf)?;
             fs::remove_file(tree::dev_dir(&self.root, pf.addr).join(format!("virtfn{index}")))?;

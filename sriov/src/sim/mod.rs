@@ -15,6 +15,7 @@
 
 mod kernel;
 mod tree;
+mod vf;
 
 use std::fs;
 use std::io;
@@ -27,6 +28,7 @@ use crate::PciAddress;
 use crate::host::Host;
 
 pub use kernel::SimKernel;
+pub use vf::SimVfControl;
 
 /// One simulated SR-IOV NIC port (a PF).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,7 @@ const SPEC_FILE: &str = "sim-spec.json";
 pub struct SimHost {
     root: PathBuf,
     kernel: Arc<SimKernel>,
+    vf_control: Arc<SimVfControl>,
 }
 
 impl SimHost {
@@ -137,10 +140,12 @@ impl SimHost {
     pub fn open(root: &Path) -> io::Result<Self> {
         let json = fs::read(root.join(SPEC_FILE))?;
         let spec: SimSpec = serde_json::from_slice(&json).map_err(io::Error::other)?;
+        let vf_control = Arc::new(SimVfControl::new(root.to_path_buf(), spec.clone()));
         let kernel = Arc::new(SimKernel::new(root.to_path_buf(), spec));
         Ok(Self {
             root: root.to_path_buf(),
             kernel,
+            vf_control,
         })
     }
 
@@ -151,6 +156,7 @@ impl SimHost {
             self.root.join("proc"),
             self.kernel.clone(),
         )
+        .with_vf_control(self.vf_control.clone())
     }
 
     /// The model itself, to write to it as an outside program would.
