@@ -1,6 +1,7 @@
 //! The factory suite on the emulated appliance (QEMU: q35, VT-d, SVM, two igb SR-IOV ports
 //! cabled to each other, a data disk), through `hw-qemu`: every check must pass, with the
-//! evidence the factory relies on. Needs `hw-tests/setup.sh` to have run (QEMU, the kernel);
+//! evidence the factory relies on; and the crates' lab tests (sriov on igb, a Linux guest
+//! under our VMM) must pass there too. Needs `hw-tests/setup.sh` to have run (QEMU, the kernel);
 //! fails saying so otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -78,4 +79,9 @@ fn the_suite_passes_on_the_emulated_appliance() {
             .contains("tests=\"6\"")
     );
     assert!(stderr.contains("boot to ready"), "{stderr}");
+    // The crates' lab tests ran in the guest and passed.
+    for test in initramfs::binaries::LAB_TESTS {
+        let line = format!("hw-qemu: lab test {}: passed", test.file_name());
+        assert!(stderr.contains(&line), "no `{line}` in:\n{stderr}");
+    }
 }

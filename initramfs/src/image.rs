@@ -26,7 +26,22 @@ pub struct ImageConfig {
     pub hugepages: u32,
     /// Services init starts.
     pub services: Vec<Service>,
+    /// What the QEMU lab's image adds; `None` for the appliance image.
+    pub lab: Option<LabExtras>,
 }
+
+/// What the lab image adds to the appliance's, under [`LAB_DIR`]: the lab tests, and a
+/// Linux kernel with a small initramfs for a guest of our VMM.
+#[derive(Debug, Clone, Default)]
+pub struct LabExtras {
+    /// Lab test executables, by their file name in the image (`tests/<name>`).
+    pub tests: Vec<(String, PathBuf)>,
+}
+
+/// Where the lab's files go in the image.
+pub const LAB_DIR: &str = "usr/lib/hostd-lab";
+/// What the lab guest's init prints first.
+pub const GUEST_INIT_LINE: &str = "lab-guest: init started";
 
 impl ImageConfig {
     /// The appliance's image: its modules, binaries and shipped profiles, from `inputs`, with
@@ -40,8 +55,40 @@ impl ImageConfig {
             profiles_dir: Some(crate::binaries::workspace_root().join("hw-tests/profiles")),
             hugepages,
             services: Vec::new(),
+            lab: None,
         }
     }
+}
+
+/// The lab guest's initramfs: busybox and an init that says it started and powers off.
+fn guest_initramfs(busybox: Vec<u8>) -> Result<Vec<u8>, ImageError> {
+    let mut a = Archive::new();
+    a.add(
+        "dev/console",
+        Node::CharDev {
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    )?;
+    a.add(
+        "bin/busybox",
+        Node::File {
+            mode: 0o755,
+            data: busybox,
+        },
+    )?;
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox echo \"{GUEST_INIT_LINE}\"\n/bin/busybox poweroff -f\n"
+    );
+    a.add(
+        "init",
+        Node::File {
+            mode: 0o755,
+            data: init.into_bytes(),
+        },
+    )?;
+    Ok(compress(&a.write_newc(Vec::new())?, DEFAULT_ZSTD_LEVEL)?)
 }
 
 /// Default number of 2 MiB hugepages the image reserves at boot.
@@ -179,6 +226,33 @@ pub fn assemble(config: &ImageConfig) -> Result<Archive, ImageError> {
         }
     }
 
+    if let Some(lab) = &config.lab {
+        for (name, path) in &lab.tests {
+            a.add(
+                &format!("{LAB_DIR}/tests/{name}"),
+                Node::File {
+                    mode: 0o755,
+                    data: read_input("lab test", path)?,
+                },
+            )?;
+        }
+        a.add(
+            &format!("{LAB_DIR}/vmlinuz"),
+            Node::File {
+                mode: 0o644,
+                data: read_input("kernel image", &config.inputs.vmlinuz)?,
+            },
+        )?;
+        let guest = guest_initramfs(read_input("busybox", &config.inputs.busybox)?)?;
+        a.add(
+            &format!("{LAB_DIR}/guest-initramfs.cpio.zst"),
+            Node::File {
+                mode: 0o644,
+                data: guest,
+            },
+        )?;
+    }
+
     let release = format!(
         "kernel={}\nkernel_package={}\nimage_builder={}\n",
         config.inputs.kernel_version,
@@ -264,9 +338,12 @@ mod tests {
         .unwrap();
         fs::write(modules_dir.join("modules.softdep"), "").unwrap();
         fs::write(modules_dir.join("modules.alias"), "").unwrap();
+        for b in crate::binaries::APPLIANCE_BINARIES {
+            fs::create_dir_all(root.join("bin")).unwrap();
+            fs::write(root.join("bin").join(b.bin), format!("{} binary", b.bin)).unwrap();
+        }
         for (file, data) in [
             ("busybox", "busybox binary"),
-            ("bin/hw-test", "hw-test binary"),
             ("profiles/x.toml", "sku = \"x\"\n"),
         ] {
             fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
@@ -292,6 +369,7 @@ mod tests {
             profiles_dir: Some(root.join("profiles")),
             hugepages: 8,
             services: vec![],
+            lab: None,
         }
     }
 
@@ -323,6 +401,38 @@ mod tests {
         );
         build(&config, &two, 3).unwrap();
         assert_eq!(fs::read(&one).unwrap(), fs::read(&two).unwrap());
+    }
+
+    #[test]
+    fn the_lab_image_adds_tests_the_guest_kernel_and_its_initramfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = fake_inputs(dir.path());
+        assert!(
+            !assemble(&config)
+                .unwrap()
+                .entries()
+                .any(|(p, _)| p.starts_with(LAB_DIR))
+        );
+        config.lab = Some(LabExtras {
+            tests: vec![("sriov-lab_igb".into(), dir.path().join("bin/hw-test"))],
+        });
+        let archive = assemble(&config).unwrap();
+        let files: BTreeMap<&str, &Node> =
+            archive.entries().map(|(p, n)| (p.as_str(), n)).collect();
+        assert!(matches!(
+            files["usr/lib/hostd-lab/tests/sriov-lab_igb"],
+            Node::File { mode: 0o755, .. }
+        ));
+        assert!(files.contains_key("usr/lib/hostd-lab/vmlinuz"));
+        let Node::File { data, .. } = files["usr/lib/hostd-lab/guest-initramfs.cpio.zst"] else {
+            panic!()
+        };
+        let guest =
+            String::from_utf8_lossy(&zstd::decode_all(data.as_slice()).unwrap()).into_owned();
+        assert!(
+            guest.contains(GUEST_INIT_LINE) && guest.contains("bin/busybox"),
+            "{guest}"
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use initramfs::binaries::{self, APPLIANCE_BINARIES};
-use initramfs::image::{self, DEFAULT_HUGEPAGES, DEFAULT_ZSTD_LEVEL, ImageConfig};
+use initramfs::binaries::{self, APPLIANCE_BINARIES, LAB_TESTS};
+use initramfs::image::{self, DEFAULT_HUGEPAGES, DEFAULT_ZSTD_LEVEL, ImageConfig, LabExtras};
 use initramfs::inputs::{self, LabInputs};
 
 /// Build the appliance boot image (zstd-compressed newc cpio).
@@ -25,6 +25,10 @@ struct Args {
     /// `appliance.hugepages=<n>` overrides it at boot).
     #[arg(long, default_value_t = DEFAULT_HUGEPAGES)]
     hugepages: u32,
+    /// Build the QEMU lab's image: add the lab tests (built static), a guest kernel and its
+    /// initramfs under /usr/lib/hostd-lab.
+    #[arg(long)]
+    lab: bool,
     /// zstd compression level (1-19).
     #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
@@ -47,7 +51,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(dir) => dir,
         None => binaries::build_static(APPLIANCE_BINARIES)?,
     };
-    let config = ImageConfig::appliance(inputs, bin_dir, args.hugepages);
+    let mut config = ImageConfig::appliance(inputs, bin_dir, args.hugepages);
+    if args.lab {
+        config.lab = Some(LabExtras {
+            tests: binaries::build_static_tests(LAB_TESTS)?,
+        });
+    }
     let summary = image::build(&config, &args.out, args.level)?;
     println!(
         "{}: {} entries, {} KiB archive, {} KiB compressed (kernel {})",

@@ -19,7 +19,13 @@ fn the_real_image_builds_reproducibly() {
     // A stand-in for our static binaries: this test is about the image, not about them.
     let bin_dir = dir.path().join("bin");
     fs::create_dir(&bin_dir).unwrap();
-    fs::write(bin_dir.join("hw-test"), b"#!/bin/sh\necho stand-in\n").unwrap();
+    for b in initramfs::binaries::APPLIANCE_BINARIES {
+        fs::write(
+            bin_dir.join(b.bin),
+            format!("#!/bin/sh\necho stand-in for {}\n", b.bin),
+        )
+        .unwrap();
+    }
 
     let build = |out: &str| {
         let out = dir.path().join(out);

@@ -68,6 +68,11 @@ pub struct VmConfig {
     /// How long a graceful stop (power button) may take before the VM is stopped by force.
     #[serde(default = "default_graceful_timeout_ms")]
     pub graceful_stop_timeout_ms: u64,
+    /// File the process writes its exit code and reason to just before it exits, for a
+    /// supervisor that is not its parent (hostd after a restart re-adopts VMMs it cannot
+    /// `wait` for). Two lines: the code, then the reason.
+    #[serde(default)]
+    pub exit_record: Option<PathBuf>,
 }
 
 /// The guest kernel: a Linux bzImage, or an ELF with a PVH entry note (Linux vmlinux, probe).

@@ -33,6 +33,30 @@ fn code(value: i32) -> ExitCode {
     ExitCode::from(u8::try_from(value).unwrap_or(1))
 }
 
+/// Writes the exit record (docs/VMM.md "Exit codes"), when the config asks for one. Best
+/// effort: the exit code still tells a parent, and a missing record reads as "killed".
+fn record_exit(config: &VmConfig, code: i32, reason: &str) {
+    if let Some(path) = &config.exit_record {
+        let reason = reason.replace('\n', " ");
+        if let Err(err) = std::fs::write(path, format!("{code}\n{reason}\n")) {
+            log::warn!("cannot write the exit record {}: {err}", path.display());
+        }
+    }
+}
+
+/// Prints `err` and records it, with its causes, as the exit reason.
+fn fail(config: &VmConfig, err: &dyn std::error::Error, code: i32) -> ExitCode {
+    report(err);
+    let mut reason = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        reason.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    record_exit(config, code, &reason);
+    self::code(code)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config_path = match parse_args() {
@@ -49,37 +73,37 @@ fn main() -> ExitCode {
             return code(exit_code::BAD_CONFIG);
         }
     };
+    if let Some(path) = &config.exit_record {
+        // A record left by an earlier run of this VM must not describe this one.
+        let _ = std::fs::remove_file(path);
+    }
     let signals = match take_stop_signals() {
         Ok(signals) => signals,
-        Err(err) => {
-            report(&err);
-            return code(exit_code::RUNTIME_FAILURE);
-        }
+        Err(err) => return fail(&config, &err, exit_code::RUNTIME_FAILURE),
     };
     let sockets = match Sockets::bind(&config) {
         Ok(sockets) => sockets,
-        Err(err) => {
-            report(&err);
-            return code(exit_code::SOCKET_UNAVAILABLE);
-        }
+        Err(err) => return fail(&config, &err, exit_code::SOCKET_UNAVAILABLE),
     };
+    let recorded = config.clone();
     let vm = match Vm::create(config) {
         Ok(vm) => vm,
-        Err(err) => {
-            report(&err);
-            return code(start_exit_code(&err));
-        }
+        Err(err) => return fail(&recorded, &err, start_exit_code(&err)),
     };
     let control = match ControlLoop::new(vm, sockets, signals) {
         Ok(control) => control,
-        Err(err) => {
-            report(&err);
-            return code(exit_code::RUNTIME_FAILURE);
-        }
+        Err(err) => return fail(&recorded, &err, exit_code::RUNTIME_FAILURE),
     };
     let outcome = control.run();
     if let vmm::control::Outcome::Failed(message) = &outcome {
         eprintln!("hostd-vmm: error: {message}");
     }
+    let reason = match &outcome {
+        vmm::control::Outcome::PoweredOff => "guest powered off".to_owned(),
+        vmm::control::Outcome::GuestExit(v) => format!("guest wrote {v} to the debug exit port"),
+        vmm::control::Outcome::Forced => "stopped by force".to_owned(),
+        vmm::control::Outcome::Failed(message) => message.clone(),
+    };
+    record_exit(&recorded, outcome.exit_code(), &reason);
     code(outcome.exit_code())
 }

@@ -42,6 +42,21 @@ fn missing_kernel_is_refused() {
 }
 
 #[test]
+fn a_start_failure_is_written_to_the_exit_record() {
+    let _guard = serial_guard();
+    let scratch = Scratch::new();
+    let record = scratch.path("exit");
+    std::fs::write(&record, "0\nstale record of an earlier run\n").unwrap();
+    let mut spec = Spec::new("record", &scratch.path("vmlinuz-missing"), &[core()]);
+    spec.extra = format!("exit_record = \"{}\"", record.display());
+    refused(spec, &scratch, exit_code::BAD_KERNEL);
+    let text = std::fs::read_to_string(&record).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("3"), "{text}");
+    assert!(lines.next().unwrap().contains("vmlinuz-missing"), "{text}");
+}
+
+#[test]
 fn a_file_that_is_not_a_kernel_is_refused() {
     let _guard = serial_guard();
     let scratch = Scratch::new();

@@ -1,8 +1,13 @@
 //! `hw-qemu`: boots the appliance image on an emulated machine with SR-IOV NICs, an IOMMU and
 //! SVM (QEMU), runs the factory suite there over the serial console, and prints its report.
 //!
-//! Exit codes: 0 the suite passed; 1 the suite ran and a check failed; 2 the lab could not
-//! produce a trustworthy report (missing QEMU or kernel, boot failure, timeout, corrupt report).
+//! By default it boots the lab image, which also holds the crates' lab tests (tests that need
+//! this emulated hardware: the sriov crate on igb, a Linux guest under our VMM), and runs them
+//! after the suite.
+//!
+//! Exit codes: 0 the suite and every lab test passed; 1 they ran and something failed; 2 the
+//! lab could not produce a trustworthy report (missing QEMU or kernel, boot failure, timeout,
+//! corrupt report).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hw_tests::lab::{self, LabRun, qemu::LabMachine};
-use initramfs::binaries::{self, APPLIANCE_BINARIES};
-use initramfs::image::{self, DEFAULT_HUGEPAGES, DEFAULT_ZSTD_LEVEL, ImageConfig};
+use initramfs::binaries::{self, APPLIANCE_BINARIES, LAB_TESTS};
+use initramfs::image::{self, DEFAULT_HUGEPAGES, DEFAULT_ZSTD_LEVEL, ImageConfig, LabExtras};
 use initramfs::inputs::{self, LabInputs};
 
 /// Run the factory suite on the emulated appliance.
@@ -39,6 +44,10 @@ struct Args {
     /// Also write the report as JUnit XML to this file.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Boot the plain appliance image: no lab tests, no guest kernel (with --image: the image
+    /// has none).
+    #[arg(long)]
+    no_lab: bool,
 }
 
 fn main() -> ExitCode {
@@ -65,8 +74,17 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         None => {
             let t = Instant::now();
             let bin_dir = binaries::build_static(APPLIANCE_BINARIES)?;
-            let out = work.join("appliance.cpio.zst");
-            let config = ImageConfig::appliance(inputs.clone(), bin_dir, DEFAULT_HUGEPAGES);
+            let out = work.join(if args.no_lab {
+                "appliance.cpio.zst"
+            } else {
+                "lab.cpio.zst"
+            });
+            let mut config = ImageConfig::appliance(inputs.clone(), bin_dir, DEFAULT_HUGEPAGES);
+            if !args.no_lab {
+                config.lab = Some(LabExtras {
+                    tests: binaries::build_static_tests(LAB_TESTS)?,
+                });
+            }
             let summary = image::build(&config, &out, DEFAULT_ZSTD_LEVEL)?;
             eprintln!(
                 "hw-qemu: image {} ({} KiB) built in {:.1} s",
@@ -93,6 +111,11 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         profile_text,
         timeout: Duration::from_secs(args.timeout),
         console_log: console_log.clone(),
+        lab_tests: if args.no_lab {
+            Vec::new()
+        } else {
+            LAB_TESTS.iter().map(|t| t.file_name()).collect()
+        },
     };
     eprintln!(
         "hw-qemu: booting {} with kernel {}",
@@ -121,6 +144,19 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         total.as_secs_f64(),
         console_log.display()
     );
+    for t in &result.lab_tests {
+        let verdict = if t.passed() { "passed" } else { "FAILED" };
+        let (p, f) = t.summary.unwrap_or((0, 0));
+        eprintln!(
+            "hw-qemu: lab test {}: {verdict} ({p} passed, {f} failed, exit {}, {:.1} s)",
+            t.name,
+            t.exit,
+            t.duration.as_secs_f64()
+        );
+        if !t.passed() {
+            eprintln!("{}", t.output.replace('\r', ""));
+        }
+    }
     if let Some(path) = &args.report {
         std::fs::write(path, result.report.to_json())?;
     }
@@ -136,7 +172,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         )
         .into());
     }
-    if result.report.passed {
+    if result.report.passed && result.lab_tests.iter().all(|t| t.passed()) {
         Ok(ExitCode::SUCCESS)
     } else {
         show_console(&console_log);

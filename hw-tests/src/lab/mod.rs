@@ -17,6 +17,8 @@ use crate::report::{Report, ReportError};
 use console::{Console, ConsoleError};
 use qemu::LabMachine;
 
+/// Where the lab image keeps its test executables.
+const GUEST_LAB_TESTS: &str = "/usr/lib/hostd-lab/tests";
 /// Where the profile goes inside the guest.
 const GUEST_PROFILE: &str = "/tmp/hw-test-profile.toml";
 /// What the guest prints after the suite, with its exit status.
@@ -33,6 +35,30 @@ pub struct LabRun {
     pub timeout: Duration,
     /// Where the guest's console output is written.
     pub console_log: PathBuf,
+    /// Lab tests to run after the suite (their file names in the lab image).
+    pub lab_tests: Vec<String>,
+}
+
+/// One lab test executable's run inside the guest.
+#[derive(Debug, Clone)]
+pub struct LabTestRun {
+    /// Its file name in the image.
+    pub name: String,
+    /// Its exit status.
+    pub exit: i32,
+    /// libtest's summary: tests passed and failed (`None` without a summary line).
+    pub summary: Option<(u32, u32)>,
+    /// What it printed.
+    pub output: String,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+impl LabTestRun {
+    /// Passed: exit status 0 and a summary with no failure and at least one test.
+    pub fn passed(&self) -> bool {
+        self.exit == 0 && matches!(self.summary, Some((p, 0)) if p > 0)
+    }
 }
 
 /// What a lab run brought back.
@@ -46,6 +72,8 @@ pub struct LabResult {
     pub boot: Duration,
     /// Suite start to report received.
     pub suite: Duration,
+    /// The lab tests, in the order run.
+    pub lab_tests: Vec<LabTestRun>,
 }
 
 /// A lab run that produced no trustworthy report.
@@ -129,6 +157,11 @@ pub fn run(lab: &LabRun) -> Result<LabResult, LabError> {
     let suite_exit = exit_status(&tail).ok_or(LabError::ExitStatus)?;
     let report = Report::from_json_checked(&frame::decode(&tail)?)?;
 
+    let mut lab_tests = Vec::new();
+    for name in &lab.lab_tests {
+        lab_tests.push(run_lab_test(&mut console, name, deadline)?);
+    }
+
     console.send_line("poweroff -f")?;
     console.finish(Duration::from_secs(15));
     Ok(LabResult {
@@ -136,16 +169,62 @@ pub fn run(lab: &LabRun) -> Result<LabResult, LabError> {
         suite_exit,
         boot,
         suite,
+        lab_tests,
     })
+}
+
+/// Runs one lab test executable in the guest, one test at a time (they share the hardware).
+fn run_lab_test(
+    console: &mut Console,
+    name: &str,
+    deadline: Instant,
+) -> Result<LabTestRun, LabError> {
+    let start = Instant::now();
+    let mark = console.output().len();
+    let marker = format!("lab test {name} exit status ");
+    console.send_line(&format!(
+        "{GUEST_LAB_TESTS}/{name} --test-threads=1 --nocapture; echo \"{marker}$?\""
+    ))?;
+    let output = console.wait_until(mark, &format!("lab test {name}"), deadline, |out| {
+        status_after(out, &marker).is_some()
+    })?;
+    let exit = status_after(&output, &marker).ok_or(LabError::ExitStatus)?;
+    Ok(LabTestRun {
+        name: name.into(),
+        exit,
+        summary: libtest_summary(&output),
+        output,
+        duration: start.elapsed(),
+    })
+}
+
+/// libtest's `test result: ok. N passed; M failed; ...` as (N, M).
+fn libtest_summary(output: &str) -> Option<(u32, u32)> {
+    let line = output.lines().rev().find(|l| l.contains("test result:"))?;
+    let count = |word: &str| -> Option<u32> {
+        let before = line.split(&format!(" {word}")).next()?;
+        before
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((count("passed")?, count("failed")?))
 }
 
 /// The exit status the guest printed after the suite, if it has (the echoed command line,
 /// which holds the marker followed by `$?`, does not count).
 fn exit_status(console: &str) -> Option<i32> {
+    status_after(console, EXIT_MARKER)
+}
+
+/// The number after `marker` on a line of its own (not the echoed command, where `$?`
+/// follows it).
+fn status_after(console: &str, marker: &str) -> Option<i32> {
     console
         .replace('\r', "")
         .lines()
-        .find_map(|line| line.trim().strip_prefix(EXIT_MARKER)?.parse().ok())
+        .find_map(|line| line.trim().strip_prefix(marker)?.parse().ok())
 }
 
 #[cfg(test)]
@@ -160,6 +239,29 @@ mod tests {
             exit_status(&format!("{echoed}hw-test exit status 1\r\n")),
             Some(1)
         );
+    }
+
+    #[test]
+    fn libtest_summaries_and_lab_verdicts() {
+        let out = "running 6 tests\r\ntest a ... ok\r\n\r\ntest result: ok. 6 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.1s\r\n";
+        assert_eq!(libtest_summary(out), Some((6, 0)));
+        let bad =
+            "test result: FAILED. 5 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n";
+        assert_eq!(libtest_summary(bad), Some((5, 1)));
+        let run = |exit, summary| LabTestRun {
+            name: "t".into(),
+            exit,
+            summary,
+            output: String::new(),
+            duration: Duration::ZERO,
+        };
+        assert!(run(0, Some((6, 0))).passed());
+        assert!(!run(101, Some((5, 1))).passed());
+        assert!(
+            !run(0, Some((0, 0))).passed(),
+            "a binary that ran no test did not pass"
+        );
+        assert!(!run(0, None).passed(), "no summary: output lost or mangled");
     }
 
     #[test]
