@@ -2,7 +2,8 @@
 # Fetches the QEMU lab's inputs from Debian's package registry, idempotently.
 #
 # - host tools (apt): qemu-system-x86 from bookworm-backports (igb needs QEMU >= 8),
-#   busybox-static, kmod (depmod), e2fsprogs (the lab's data disk), cpio, zstd;
+#   busybox-static, kmod (depmod), e2fsprogs (the lab's data disk), cpio, zstd, and
+#   iproute2 and ethtool for the tests that build networks in namespaces;
 # - the backports kernel image package, resolved by name (linux-image-amd64 ->
 #   linux-image-<version>-amd64), unpacked under the cache with a modules.dep that
 #   depmod generates (the package ships none: dpkg's postinst normally makes it).
@@ -48,6 +49,9 @@ ensure_host_tools() {
     command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
     command -v cpio >/dev/null || missing+=(cpio)
     command -v zstd >/dev/null || missing+=(zstd)
+    # Network-namespace tests (hw-tests loopback, fastpath veth).
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v ethtool >/dev/null || missing+=(ethtool)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,6 @@
+//! Control: wire types, framing, and the control socket server and client.
+
+pub mod client;
+pub mod framing;
+pub mod messages;
+pub mod server;
