@@ -30,7 +30,10 @@ impl Drop for Restore {
         for pf in ["0000:01:00.0", "0000:02:00.0"] {
             let pf: PciAddress = pf.parse().unwrap();
             for (_, vf) in sriov::vf_addresses(&host, pf).unwrap_or_default() {
-                if sriov::read_function(&host, vf).map(|f| f.driver == Driver::Vfio).unwrap_or(false) {
+                if sriov::read_function(&host, vf)
+                    .map(|f| f.driver == Driver::Vfio)
+                    .unwrap_or(false)
+                {
                     let _ = sriov::bind_to_host_driver(&host, vf, Some("igbvf"));
                 }
             }
@@ -50,7 +53,10 @@ fn discovers_the_two_igb_ports() {
     let addrs: Vec<String> = pfs.iter().map(|p| p.function.addr.to_string()).collect();
     assert_eq!(addrs, ["0000:01:00.0", "0000:02:00.0"]);
     for pf in &pfs {
-        assert_eq!((pf.function.vendor_id, pf.function.device_id), (0x8086, 0x10c9));
+        assert_eq!(
+            (pf.function.vendor_id, pf.function.device_id),
+            (0x8086, 0x10c9)
+        );
         assert_eq!(pf.function.driver, Driver::Kernel("igb".into()));
         assert!(pf.function.device_name.unwrap().contains("82576"));
         assert_eq!((pf.total_vfs, pf.num_vfs), (7, 0));
@@ -72,7 +78,10 @@ fn vfs_are_created_through_zero_and_carry_groups() {
     for vf in &pf.vfs {
         assert_eq!(vf.function.device_id, 0x10ca);
         assert_eq!(vf.function.driver, Driver::Kernel("igbvf".into()));
-        let group = vf.iommu_group.as_ref().expect("VT-d gives every VF a group");
+        let group = vf
+            .iommu_group
+            .as_ref()
+            .expect("VT-d gives every VF a group");
         assert!(group.members.contains(&vf.function.addr));
         assert_eq!(sriov::pf_of(&host, vf.function.addr).unwrap(), Some(pf0()));
     }
@@ -80,17 +89,27 @@ fn vfs_are_created_through_zero_and_carry_groups() {
     sriov::set_num_vfs(&host, pf0(), 3, &NumVfsOptions::default()).unwrap();
     assert_eq!(sriov::read_pf(&host, pf0()).unwrap().vfs.len(), 3);
     let err = sriov::set_num_vfs(&host, pf0(), 8, &NumVfsOptions::default()).unwrap_err();
-    assert!(matches!(err, SriovError::TooManyVfs { total: 7, .. }), "{err}");
+    assert!(
+        matches!(err, SriovError::TooManyVfs { total: 7, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn autoprobe_off_leaves_vfs_without_a_driver() {
     let _guard = exclusive();
     let host = Host::real();
-    let opts = NumVfsOptions { autoprobe: Some(false), ..Default::default() };
+    let opts = NumVfsOptions {
+        autoprobe: Some(false),
+        ..Default::default()
+    };
     sriov::set_num_vfs(&host, pf0(), 2, &opts).unwrap();
     let pf = sriov::read_pf(&host, pf0()).unwrap();
-    assert!(pf.vfs.iter().all(|v| v.function.driver == Driver::None), "{:?}", pf.vfs);
+    assert!(
+        pf.vfs.iter().all(|v| v.function.driver == Driver::None),
+        "{:?}",
+        pf.vfs
+    );
     assert!(pf.drivers_autoprobe, "the PF's setting is restored");
 }
 
@@ -100,18 +119,34 @@ fn bind_to_vfio_and_back_and_group_viability() {
     let host = Host::real();
     sriov::set_num_vfs(&host, pf0(), 1, &NumVfsOptions::default()).unwrap();
     let vf = sriov::vf_address(&host, pf0(), 0).unwrap();
-    assert_eq!(sriov::bind_to_vfio(&host, vf).unwrap(), Driver::Kernel("igbvf".into()));
-    assert_eq!(sriov::read_function(&host, vf).unwrap().driver, Driver::Vfio);
+    assert_eq!(
+        sriov::bind_to_vfio(&host, vf).unwrap(),
+        Driver::Kernel("igbvf".into())
+    );
+    assert_eq!(
+        sriov::read_function(&host, vf).unwrap().driver,
+        Driver::Vfio
+    );
     let override_path = format!("/sys/bus/pci/devices/{vf}/driver_override");
-    assert_eq!(std::fs::read_to_string(&override_path).unwrap().trim(), "(null)");
-    let Viability::Viable { group } = sriov::group_viability(&host, vf).unwrap() else { panic!("not viable") };
+    assert_eq!(
+        std::fs::read_to_string(&override_path).unwrap().trim(),
+        "(null)"
+    );
+    let Viability::Viable { group } = sriov::group_viability(&host, vf).unwrap() else {
+        panic!("not viable")
+    };
     assert!(std::path::Path::new(&format!("/dev/vfio/{}", group.id)).exists());
     // The PF keeps igb: its own group is not viable, and says why.
     match sriov::group_viability(&host, pf0()).unwrap() {
-        Viability::NotViable { offenders, .. } => assert_eq!(offenders, [(pf0(), "igb".to_string())]),
+        Viability::NotViable { offenders, .. } => {
+            assert_eq!(offenders, [(pf0(), "igb".to_string())])
+        }
         v => panic!("the PF's group should not be viable: {v:?}"),
     }
-    assert_eq!(sriov::bind_to_host_driver(&host, vf, Some("igbvf")).unwrap(), Driver::Kernel("igbvf".into()));
+    assert_eq!(
+        sriov::bind_to_host_driver(&host, vf, Some("igbvf")).unwrap(),
+        Driver::Kernel("igbvf".into())
+    );
     assert_eq!(sriov::read_function(&host, vf).unwrap().netdevs.len(), 1);
 }
 
@@ -126,14 +161,33 @@ fn an_open_or_assigned_vf_blocks_a_count_change() {
     let held = File::open(format!("/dev/vfio/{group}")).unwrap();
     let err = sriov::set_num_vfs(&host, pf0(), 0, &NumVfsOptions::default()).unwrap_err();
     match &err {
-        SriovError::VfsInUse { vfs, .. } => assert_eq!(vfs, &[(vf, VfUse::OpenBy { pid: std::process::id() })]),
+        SriovError::VfsInUse { vfs, .. } => assert_eq!(
+            vfs,
+            &[(
+                vf,
+                VfUse::OpenBy {
+                    pid: std::process::id()
+                }
+            )]
+        ),
         other => panic!("expected VfsInUse, got {other}"),
     }
     drop(held);
-    let assigned = NumVfsOptions { assigned: BTreeSet::from([vf]), ..Default::default() };
+    let assigned = NumVfsOptions {
+        assigned: BTreeSet::from([vf]),
+        ..Default::default()
+    };
     let err = sriov::set_num_vfs(&host, pf0(), 0, &assigned).unwrap_err();
-    assert!(err.to_string().contains("still bound to vfio-pci and assigned; stop its VM first"), "{err}");
-    assert_eq!(sriov::read_pf(&host, pf0()).unwrap().vfs.len(), 2, "nothing was removed");
+    assert!(
+        err.to_string()
+            .contains("still bound to vfio-pci and assigned; stop its VM first"),
+        "{err}"
+    );
+    assert_eq!(
+        sriov::read_pf(&host, pf0()).unwrap().vfs.len(),
+        2,
+        "nothing was removed"
+    );
     sriov::bind_to_host_driver(&host, vf, Some("igbvf")).unwrap();
     sriov::set_num_vfs(&host, pf0(), 0, &NumVfsOptions::default()).unwrap();
 }
@@ -144,8 +198,13 @@ fn vf_settings_reach_the_igb_driver_and_unsupported_ones_are_named() {
     let host = Host::real();
     sriov::set_num_vfs(&host, pf0(), 2, &NumVfsOptions::default()).unwrap();
     // igb applies a VF rate limit only with the PF link up (it needs the link speed).
-    let netdev = sriov::read_function(&host, pf0()).unwrap().netdevs[0].name.clone();
-    RouteSocket::open().unwrap().set_link_up(ifindex(&netdev).unwrap(), true).unwrap();
+    let netdev = sriov::read_function(&host, pf0()).unwrap().netdevs[0]
+        .name
+        .clone();
+    RouteSocket::open()
+        .unwrap()
+        .set_link_up(ifindex(&netdev).unwrap(), true)
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_secs(3));
 
     let settings = VfSettings {
@@ -159,17 +218,60 @@ fn vf_settings_reach_the_igb_driver_and_unsupported_ones_are_named() {
     let state = sriov::configure_vf(&host, pf0(), 1, &settings).unwrap();
     assert_eq!(state.mac.unwrap().to_string(), "02:00:00:00:10:01");
     assert_eq!((state.vlan.id, state.vlan.qos), (100, 3));
-    assert_eq!((state.spoof_check, state.trust, state.rate.max_mbps), (Some(false), Some(true), 100));
+    assert_eq!(
+        (state.spoof_check, state.trust, state.rate.max_mbps),
+        (Some(false), Some(true), 100)
+    );
     assert_eq!(sriov::read_vf_states(&host, pf0()).unwrap()[1], state);
 
-    let err = sriov::configure_vf(&host, pf0(), 0, &VfSettings { link_state: Some(LinkState::Disable), ..Default::default() }).unwrap_err();
-    assert!(matches!(&err, SriovError::VfSettingUnsupported { setting, driver, .. } if setting == "state" && driver == "igb"), "{err}");
-    let qinq = VfSettings { vlan: Some(VfVlan::new(10, 0, VlanProto::Dot1Ad).unwrap()), ..Default::default() };
+    let err = sriov::configure_vf(
+        &host,
+        pf0(),
+        0,
+        &VfSettings {
+            link_state: Some(LinkState::Disable),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, SriovError::VfSettingUnsupported { setting, driver, .. } if setting == "state" && driver == "igb"),
+        "{err}"
+    );
+    let qinq = VfSettings {
+        vlan: Some(VfVlan::new(10, 0, VlanProto::Dot1Ad).unwrap()),
+        ..Default::default()
+    };
     let err = sriov::configure_vf(&host, pf0(), 0, &qinq).unwrap_err();
-    assert!(matches!(&err, SriovError::VfSettingUnsupported { setting, .. } if setting == "vlan (802.1ad)"), "{err}");
-    let min_rate = VfSettings { rate: Some(TxRate::new(50, 100).unwrap()), ..Default::default() };
+    assert!(
+        matches!(&err, SriovError::VfSettingUnsupported { setting, .. } if setting == "vlan (802.1ad)"),
+        "{err}"
+    );
+    let min_rate = VfSettings {
+        rate: Some(TxRate::new(50, 100).unwrap()),
+        ..Default::default()
+    };
     let err = sriov::configure_vf(&host, pf0(), 0, &min_rate).unwrap_err();
     assert!(matches!(err, SriovError::VfSettingRejected { .. }), "{err}");
-    let err = sriov::configure_vf(&host, pf0(), 5, &VfSettings { trust: Some(true), ..Default::default() }).unwrap_err();
-    assert!(matches!(err, SriovError::VfIndexOutOfRange { index: 5, num_vfs: 2, .. }), "{err}");
+    let err = sriov::configure_vf(
+        &host,
+        pf0(),
+        5,
+        &VfSettings {
+            trust: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SriovError::VfIndexOutOfRange {
+                index: 5,
+                num_vfs: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

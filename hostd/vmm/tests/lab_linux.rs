@@ -37,15 +37,33 @@ log = "{log}"
     );
     let config_path = dir.path().join("linux.toml");
     std::fs::write(&config_path, config).unwrap();
-    assert!(Path::new(LAB).join("vmlinuz").exists(), "no guest kernel in {LAB}: this test runs in the lab image (hw-qemu)");
+    assert!(
+        Path::new(LAB).join("vmlinuz").exists(),
+        "no guest kernel in {LAB}: this test runs in the lab image (hw-qemu)"
+    );
 
     let start = Instant::now();
-    let out = Command::new("/usr/bin/hostd-vmm").arg("--config").arg(&config_path).output().unwrap();
+    let out = Command::new("/usr/bin/hostd-vmm")
+        .arg("--config")
+        .arg(&config_path)
+        .output()
+        .unwrap();
     let secs = start.elapsed().as_secs_f64();
     let log = std::fs::read_to_string(&console).unwrap_or_default();
-    assert!(out.status.success(), "hostd-vmm ended {}: {}\nconsole:\n{log}", out.status, String::from_utf8_lossy(&out.stderr));
-    assert!(log.contains("Linux version"), "the kernel's banner is on our console log:\n{log}");
-    assert!(log.contains(GUEST_INIT_LINE), "init's first line is on our console log:\n{log}");
+    assert!(
+        out.status.success(),
+        "hostd-vmm ended {}: {}\nconsole:\n{log}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        log.contains("Linux version"),
+        "the kernel's banner is on our console log:\n{log}"
+    );
+    assert!(
+        log.contains(GUEST_INIT_LINE),
+        "init's first line is on our console log:\n{log}"
+    );
     // For docs/PERF.md: hw-qemu prints the lab tests' output.
     println!("lab-linux: VMM start to guest power-off in {secs:.1} s");
 }
