@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::archive::{Archive, ArchiveError, Node, compress};
 use crate::binaries::OurBinary;
+use crate::host_program::HostProgram;
 use crate::init_script::{self, InitConfig, Service};
 use crate::inputs::LabInputs;
 use crate::modules::{self, ModuleError, ModuleIndex, WantedModule};
@@ -30,12 +31,28 @@ pub struct ImageConfig {
     pub lab: Option<LabExtras>,
 }
 
-/// What the lab image adds to the appliance's, under [`LAB_DIR`]: the lab tests, and a
-/// Linux kernel with a small initramfs for a guest of our VMM.
+/// What the lab image adds to the appliance's, under [`LAB_DIR`]: the lab tests, a Linux
+/// kernel with a small initramfs for a guest of our VMM, and host programs the tests compare
+/// against (iproute2's `ip`).
 #[derive(Debug, Clone, Default)]
 pub struct LabExtras {
     /// Lab test executables, by their file name in the image (`tests/<name>`).
     pub tests: Vec<(String, PathBuf)>,
+    /// Host programs, with their shared libraries.
+    pub host_programs: Vec<HostProgram>,
+}
+
+impl LabExtras {
+    /// What the lab image adds: the lab tests, built static (cargo), and iproute2's `ip` as
+    /// `usr/lib/hostd-lab/bin/ip`.
+    pub fn build() -> Result<Self, ImageError> {
+        let tests = crate::binaries::build_static_tests(crate::binaries::LAB_TESTS)?;
+        let ip = HostProgram::resolve(Path::new("/bin/ip"), &format!("{LAB_DIR}/bin/ip"))?;
+        Ok(Self {
+            tests,
+            host_programs: vec![ip],
+        })
+    }
 }
 
 /// Where the lab's files go in the image.
@@ -117,6 +134,12 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    /// Our binaries or lab tests could not be built.
+    #[error(transparent)]
+    Build(#[from] crate::binaries::BuildError),
+    /// A host program's libraries could not be resolved.
+    #[error(transparent)]
+    HostProgram(#[from] crate::host_program::HostProgramError),
     /// The output could not be written.
     #[error("cannot write the image to {path}: {source}")]
     Output {
@@ -235,6 +258,15 @@ pub fn assemble(config: &ImageConfig) -> Result<Archive, ImageError> {
                     data: read_input("lab test", path)?,
                 },
             )?;
+        }
+        for program in &lab.host_programs {
+            let data = read_input("host program", &program.source)?;
+            a.add(&program.dest, Node::File { mode: 0o755, data })?;
+            for lib in &program.libraries {
+                // Read through symlinks; stored as a file at the path the loader looks for.
+                let data = read_input("shared library", lib)?;
+                a.add(&lib.to_string_lossy(), Node::File { mode: 0o755, data })?;
+            }
         }
         a.add(
             &format!("{LAB_DIR}/vmlinuz"),
@@ -415,6 +447,11 @@ mod tests {
         );
         config.lab = Some(LabExtras {
             tests: vec![("sriov-lab_igb".into(), dir.path().join("bin/hw-test"))],
+            host_programs: vec![HostProgram {
+                dest: "usr/lib/hostd-lab/bin/ip".into(),
+                source: dir.path().join("busybox"),
+                libraries: vec![dir.path().join("bin/hw-test")],
+            }],
         });
         let archive = assemble(&config).unwrap();
         let files: BTreeMap<&str, &Node> =
@@ -424,6 +461,16 @@ mod tests {
             Node::File { mode: 0o755, .. }
         ));
         assert!(files.contains_key("usr/lib/hostd-lab/vmlinuz"));
+        assert!(matches!(
+            files["usr/lib/hostd-lab/bin/ip"],
+            Node::File { mode: 0o755, .. }
+        ));
+        let library = dir.path().join("bin/hw-test");
+        let library = library.to_string_lossy();
+        assert!(
+            files.contains_key(library.trim_start_matches('/')),
+            "the host program's library"
+        );
         let Node::File { data, .. } = files["usr/lib/hostd-lab/guest-initramfs.cpio.zst"] else {
             panic!()
         };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use initramfs::binaries::{self, APPLIANCE_BINARIES, LAB_TESTS};
+use initramfs::binaries::{self, APPLIANCE_BINARIES};
 use initramfs::image::{self, DEFAULT_HUGEPAGES, DEFAULT_ZSTD_LEVEL, ImageConfig, LabExtras};
 use initramfs::inputs::{self, LabInputs};
 
@@ -53,9 +53,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut config = ImageConfig::appliance(inputs, bin_dir, args.hugepages);
     if args.lab {
-        config.lab = Some(LabExtras {
-            tests: binaries::build_static_tests(LAB_TESTS)?,
-        });
+        config.lab = Some(LabExtras::build()?);
     }
     let summary = image::build(&config, &args.out, args.level)?;
     println!(

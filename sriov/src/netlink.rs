@@ -15,6 +15,29 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::error::SriovError;
 
+/// Sends route netlink requests and collects their replies: a [`RouteSocket`], or a recorder
+/// in tests that checks the exact messages built.
+pub trait RouteTransport {
+    /// Sends `message`; returns the replies up to the ACK (or the end of a dump).
+    fn request(
+        &mut self,
+        op: &str,
+        message: RouteNetlinkMessage,
+        dump: bool,
+    ) -> Result<Vec<RouteNetlinkMessage>, SriovError>;
+}
+
+impl RouteTransport for RouteSocket {
+    fn request(
+        &mut self,
+        op: &str,
+        message: RouteNetlinkMessage,
+        dump: bool,
+    ) -> Result<Vec<RouteNetlinkMessage>, SriovError> {
+        RouteSocket::request(self, op, message, dump)
+    }
+}
+
 /// A route netlink socket.
 #[derive(Debug)]
 pub struct RouteSocket {

@@ -88,6 +88,17 @@ fn vfs_are_created_through_zero_and_carry_groups() {
     // 7 -> 3 needs the kernel's count to go through 0 (it refuses a direct change: EBUSY).
     sriov::set_num_vfs(&host, pf0(), 3, &NumVfsOptions::default()).unwrap();
     assert_eq!(sriov::read_pf(&host, pf0()).unwrap().vfs.len(), 3);
+    // And explicitly: to 0, then to 3 again.
+    sriov::set_num_vfs(&host, pf0(), 0, &NumVfsOptions::default()).unwrap();
+    assert!(sriov::read_pf(&host, pf0()).unwrap().vfs.is_empty());
+    assert!(
+        std::fs::read_dir("/sys/bus/pci/devices/0000:01:00.0")
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with("virtfn"))
+    );
+    sriov::set_num_vfs(&host, pf0(), 3, &NumVfsOptions::default()).unwrap();
+    assert_eq!(sriov::read_pf(&host, pf0()).unwrap().num_vfs, 3);
     let err = sriov::set_num_vfs(&host, pf0(), 8, &NumVfsOptions::default()).unwrap_err();
     assert!(
         matches!(err, SriovError::TooManyVfs { total: 7, .. }),
@@ -192,38 +203,95 @@ fn an_open_or_assigned_vf_blocks_a_count_change() {
     sriov::set_num_vfs(&host, pf0(), 0, &NumVfsOptions::default()).unwrap();
 }
 
+/// iproute2's `ip`, shipped in the lab image with its libraries.
+const IPROUTE2: &str = "/usr/lib/hostd-lab/bin/ip";
+
+/// The `vf <index>` line of `ip -d link show <netdev>`.
+fn iproute2_vf_line(netdev: &str, index: u32) -> String {
+    let out = std::process::Command::new(IPROUTE2)
+        .args(["-d", "link", "show", netdev])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{IPROUTE2} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let prefix = format!("vf {index} ");
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{text}"))
+        .to_string()
+}
+
 #[test]
-fn vf_settings_reach_the_igb_driver_and_unsupported_ones_are_named() {
+fn vf_settings_on_two_of_seven_vfs_read_back_by_us_and_by_iproute2() {
     let _guard = exclusive();
     let host = Host::real();
-    sriov::set_num_vfs(&host, pf0(), 2, &NumVfsOptions::default()).unwrap();
-    // igb applies a VF rate limit only with the PF link up (it needs the link speed).
+    sriov::set_num_vfs(&host, pf0(), 7, &NumVfsOptions::default()).unwrap();
+    // igb applies a VF rate limit only with the PF link up (it needs the link speed): with the
+    // link down it refuses the rate, and we say so.
     let netdev = sriov::read_function(&host, pf0()).unwrap().netdevs[0]
         .name
         .clone();
-    RouteSocket::open()
-        .unwrap()
-        .set_link_up(ifindex(&netdev).unwrap(), true)
-        .unwrap();
+    let mut rtnl = RouteSocket::open().unwrap();
+    rtnl.set_link_up(ifindex(&netdev).unwrap(), false).unwrap();
+    let rate = VfSettings {
+        rate: Some(TxRate::new(0, 100).unwrap()),
+        ..Default::default()
+    };
+    let err = sriov::configure_vf(&host, pf0(), 1, &rate).unwrap_err();
+    assert!(matches!(err, SriovError::VfSettingRejected { .. }), "{err}");
+    rtnl.set_link_up(ifindex(&netdev).unwrap(), true).unwrap();
     std::thread::sleep(std::time::Duration::from_secs(3));
 
-    let settings = VfSettings {
-        mac: Some("02:00:00:00:10:01".parse().unwrap()),
-        vlan: Some(VfVlan::new(100, 3, VlanProto::Dot1Q).unwrap()),
-        spoof_check: Some(false),
-        trust: Some(true),
-        rate: Some(TxRate::new(0, 100).unwrap()),
-        link_state: None,
-    };
-    let state = sriov::configure_vf(&host, pf0(), 1, &settings).unwrap();
-    assert_eq!(state.mac.unwrap().to_string(), "02:00:00:00:10:01");
-    assert_eq!((state.vlan.id, state.vlan.qos), (100, 3));
-    assert_eq!(
-        (state.spoof_check, state.trust, state.rate.max_mbps),
-        (Some(false), Some(true), 100)
-    );
-    assert_eq!(sriov::read_vf_states(&host, pf0()).unwrap()[1], state);
+    for (index, last_byte, vlan) in [(1u32, 0x01u8, 100u32), (4, 0x04, 200)] {
+        let settings = VfSettings {
+            mac: Some(sriov::MacAddr([2, 0, 0, 0, 0x10, last_byte])),
+            vlan: Some(VfVlan::new(vlan, 3, VlanProto::Dot1Q).unwrap()),
+            spoof_check: Some(false),
+            trust: Some(true),
+            rate: Some(TxRate::new(0, 100).unwrap()),
+            link_state: None,
+        };
+        let state = sriov::configure_vf(&host, pf0(), index, &settings).unwrap();
+        assert_eq!(
+            state.mac.unwrap().to_string(),
+            format!("02:00:00:00:10:{last_byte:02x}")
+        );
+        assert_eq!((state.vlan.id, state.vlan.qos), (vlan as u16, 3));
+        assert_eq!(
+            (state.spoof_check, state.trust, state.rate.max_mbps),
+            (Some(false), Some(true), 100)
+        );
 
+        // Our dump and iproute2's say the same.
+        assert_eq!(
+            sriov::read_vf_states(&host, pf0()).unwrap()[index as usize],
+            state
+        );
+        let line = iproute2_vf_line(&netdev, index);
+        for expected in [
+            format!("link/ether 02:00:00:00:10:{last_byte:02x}"),
+            format!("vlan {vlan}, qos 3"),
+            "max_tx_rate 100Mbps".into(),
+            "spoof checking off".into(),
+            "trust on".into(),
+        ] {
+            assert!(
+                line.contains(&expected),
+                "iproute2 says `{line}`, no `{expected}`"
+            );
+        }
+    }
+    // The others are untouched.
+    let states = sriov::read_vf_states(&host, pf0()).unwrap();
+    assert_eq!(states.len(), 7);
+    assert_eq!((states[0].vlan.id, states[0].trust), (0, Some(false)));
+
+    // What igb refuses, reported as refused with the setting's and the driver's names.
     let err = sriov::configure_vf(
         &host,
         pf0(),
@@ -238,6 +306,7 @@ fn vf_settings_reach_the_igb_driver_and_unsupported_ones_are_named() {
         matches!(&err, SriovError::VfSettingUnsupported { setting, driver, .. } if setting == "state" && driver == "igb"),
         "{err}"
     );
+    assert_eq!(err.errno(), Some(libc::EOPNOTSUPP));
     let qinq = VfSettings {
         vlan: Some(VfVlan::new(10, 0, VlanProto::Dot1Ad).unwrap()),
         ..Default::default()
@@ -247,16 +316,18 @@ fn vf_settings_reach_the_igb_driver_and_unsupported_ones_are_named() {
         matches!(&err, SriovError::VfSettingUnsupported { setting, .. } if setting == "vlan (802.1ad)"),
         "{err}"
     );
+    assert_eq!(err.errno(), Some(libc::EPROTONOSUPPORT));
     let min_rate = VfSettings {
         rate: Some(TxRate::new(50, 100).unwrap()),
         ..Default::default()
     };
     let err = sriov::configure_vf(&host, pf0(), 0, &min_rate).unwrap_err();
     assert!(matches!(err, SriovError::VfSettingRejected { .. }), "{err}");
+    assert_eq!(err.errno(), Some(libc::EINVAL));
     let err = sriov::configure_vf(
         &host,
         pf0(),
-        5,
+        7,
         &VfSettings {
             trust: Some(true),
             ..Default::default()
@@ -267,8 +338,8 @@ fn vf_settings_reach_the_igb_driver_and_unsupported_ones_are_named() {
         matches!(
             err,
             SriovError::VfIndexOutOfRange {
-                index: 5,
-                num_vfs: 2,
+                index: 7,
+                num_vfs: 7,
                 ..
             }
         ),

@@ -81,9 +81,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             });
             let mut config = ImageConfig::appliance(inputs.clone(), bin_dir, DEFAULT_HUGEPAGES);
             if !args.no_lab {
-                config.lab = Some(LabExtras {
-                    tests: binaries::build_static_tests(LAB_TESTS)?,
-                });
+                config.lab = Some(LabExtras::build()?);
             }
             let summary = image::build(&config, &out, DEFAULT_ZSTD_LEVEL)?;
             eprintln!(
