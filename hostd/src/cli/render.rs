@@ -1,0 +1,436 @@
+//! Human output: tables that fit 80 columns (the front panel's serial console), state
+//! colours only on a terminal (and never with NO_COLOR).
+
+use std::io::IsTerminal;
+use std::time::{Duration, UNIX_EPOCH};
+
+use hostd_proto::{
+    Actor, Event, EventKind, HostStatus, InstanceInfo, InstanceState, InstanceSummary, Inventory,
+    Principal, Quota, Response, StackInfo, TemplateInfo, TemplateSummary,
+};
+
+/// Width of the front panel's console.
+pub const WIDTH: usize = 80;
+
+fn colour_on() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// A state word, coloured on a terminal.
+pub fn state(state: InstanceState) -> String {
+    let word = state.as_str();
+    if !colour_on() {
+        return word.to_owned();
+    }
+    let code = match state {
+        InstanceState::Running => "32",
+        InstanceState::Down | InstanceState::Error => "31",
+        InstanceState::Starting | InstanceState::Stopping | InstanceState::Paused => "33",
+        InstanceState::Defined | InstanceState::Stopped => return word.to_owned(),
+    };
+    format!("\x1b[{code}m{word}\x1b[0m")
+}
+
+/// Visible width (escape sequences do not count).
+fn width(cell: &str) -> usize {
+    let mut n = 0;
+    let mut in_escape = false;
+    for c in cell.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, _) => n += 1,
+        }
+    }
+    n
+}
+
+fn cut(cell: &str, max: usize) -> String {
+    if width(cell) <= max || cell.contains('\x1b') {
+        return cell.to_owned();
+    }
+    let mut out: String = cell.chars().take(max.saturating_sub(1)).collect();
+    out.push('~');
+    out
+}
+
+/// A table with one header line; the `flex` column is cut so every line fits [`WIDTH`].
+pub fn table(headers: &[&str], rows: &[Vec<String>], flex: usize) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(width(cell));
+        }
+    }
+    let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+    if total > WIDTH {
+        let others = total - widths[flex];
+        widths[flex] = WIDTH.saturating_sub(others).max(headers[flex].len());
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let cell = cut(cell, widths[i]);
+            text.push_str(&cell);
+            if i + 1 < cells.len() {
+                text.push_str(&" ".repeat(widths[i] - width(&cell) + 2));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+    out
+}
+
+/// `2026-11-21 23:10:01` (UTC).
+pub fn time(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    text.trim_end_matches('Z').replace('T', " ")
+}
+
+fn opt(s: &Option<hostd_proto::Name>) -> String {
+    s.as_deref().unwrap_or("-").to_owned()
+}
+
+fn instances(list: &[InstanceSummary]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.to_string(),
+                i.name.to_string(),
+                state(i.state),
+                opt(&i.stack),
+                opt(&i.group),
+                format!("{}@{}", i.template, i.template_version),
+                i.vcpus.to_string(),
+                i.ram_mib.to_string(),
+                i.vfs.to_string(),
+                if i.ha { "on" } else { "-" }.to_owned(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no instances (create one: hostctl create NAME --template probe)\n".into();
+    }
+    table(
+        &[
+            "ID", "NAME", "STATE", "STACK", "GROUP", "TEMPLATE", "CPU", "MIB", "VF", "HA",
+        ],
+        &rows,
+        1,
+    )
+}
+
+fn instance(i: &InstanceInfo) -> String {
+    let mut out = format!(
+        "name:       {} (id i-{})\nstate:      {} since {}\nreason:     {}\n",
+        i.name,
+        i.id,
+        state(i.state),
+        time(i.state_since_ms),
+        i.state_reason
+    );
+    out.push_str(&format!(
+        "template:   {}@{}\nstack:      {}\ngroup:      {}\n",
+        i.template,
+        i.template_version,
+        opt(&i.stack),
+        opt(&i.group)
+    ));
+    let cores: Vec<u16> = i.cores.iter().copied().collect();
+    out.push_str(&format!(
+        "vcpus:      {} on cores {}\nram:        {} MiB{}\ndisk:       {} GiB\n",
+        i.vcpus,
+        crate::cpulist::format(&cores),
+        i.ram_mib,
+        if i.hugepages { " (huge pages)" } else { "" },
+        i.disk_gib
+    ));
+    out.push_str(&format!(
+        "ha:         {}{}\nvmm pid:    {}\nconsole:    {}\ncreated:    {}\n",
+        if i.ha { "on" } else { "off" },
+        if i.ha_failures > 0 {
+            format!(" ({} recent failures)", i.ha_failures)
+        } else {
+            String::new()
+        },
+        i.vmm_pid.map_or("-".into(), |p| p.to_string()),
+        i.console_log,
+        time(i.created_ms)
+    ));
+    if !i.vfs.is_empty() {
+        let rows: Vec<Vec<String>> = i
+            .vfs
+            .iter()
+            .map(|v| {
+                vec![
+                    v.port.to_string(),
+                    v.index.to_string(),
+                    v.addr.to_string(),
+                    v.mac.as_deref().unwrap_or("-").to_owned(),
+                    if v.vlan == 0 {
+                        "-".into()
+                    } else {
+                        format!("{}/{}", v.vlan, v.vlan_qos)
+                    },
+                    format!("{}-{}", v.min_tx_mbps, v.max_tx_mbps),
+                ]
+            })
+            .collect();
+        out.push_str("vfs:\n");
+        out.push_str(&table(
+            &["PORT", "VF", "ADDRESS", "MAC", "VLAN/QOS", "MBIT/S"],
+            &rows,
+            2,
+        ));
+    }
+    out
+}
+
+fn host_status(s: &HostStatus) -> String {
+    format!(
+        "hostd up {} s{}\ninstances:  {} ({} running, {} stopped, {} starting/stopping, {} failed)\n\
+         guest cores: {} free of {}\nguest RAM:  {} of {} MiB reserved (host: {} MiB, {} MiB kept)\n\
+         huge pages: {} reserved of {} ({} KiB each)\nVFs:        {} free of {}\n",
+        s.uptime_s,
+        if s.sim { " (simulated hardware)" } else { "" },
+        s.instances.total,
+        s.instances.running,
+        s.instances.stopped,
+        s.instances.transitioning,
+        s.instances.failed,
+        s.cores.guest_free,
+        s.cores.guest_total,
+        s.memory.reserved_mib,
+        s.memory.guest_budget_mib,
+        s.memory.total_mib,
+        s.memory.host_reserve_mib,
+        s.hugepages.reserved_pages,
+        s.hugepages.total_pages,
+        s.hugepages.page_kib,
+        s.vfs.free,
+        s.vfs.total
+    )
+}
+
+fn inventory(inv: &Inventory) -> String {
+    let mut out = format!(
+        "cpus:         {} online{}\nhousekeeping: {}\nguest:        {}\nfast path:    {}\n",
+        inv.cpus,
+        if inv.sim { " (simulated NIC)" } else { "" },
+        inv.housekeeping_cores,
+        inv.guest_cores,
+        if inv.fastpath_cores.is_empty() {
+            "-"
+        } else {
+            &inv.fastpath_cores
+        }
+    );
+    for owner in &inv.core_owners {
+        out.push_str(&format!(
+            "  core {} held by {}\n",
+            owner.core, owner.instance
+        ));
+    }
+    out.push_str(&format!(
+        "memory:       {} MiB, {} MiB for guests, {} MiB reserved\n",
+        inv.memory.total_mib, inv.memory.guest_budget_mib, inv.memory.reserved_mib
+    ));
+    let rows: Vec<Vec<String>> = inv
+        .ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.port.to_string(),
+                p.pf.to_string(),
+                p.driver.to_string(),
+                format!("{}/{}", p.num_vfs, p.total_vfs),
+                p.assigned_vfs.to_string(),
+                p.device.to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(
+            &["PORT", "PF", "DRIVER", "VFS", "USED", "DEVICE"],
+            &rows,
+            5,
+        ));
+    }
+    out
+}
+
+fn templates(list: &[TemplateSummary]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.to_string(),
+                t.latest_version.to_string(),
+                t.instances.to_string(),
+                t.description.to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "LATEST", "INSTANCES", "DESCRIPTION"], &rows, 3)
+}
+
+fn template(t: &TemplateInfo) -> String {
+    let s = &t.spec;
+    format!(
+        "template:   {}@{} (created {})\ndescription: {}\nkernel:     {}\ninitramfs:  {}\ncmdline:    {}\n\
+         vcpus:      {}\nram:        {} MiB{}\ndisk:       {} GiB\nvfs:        {}\nha:         {}\nstop timeout: {} ms\n",
+        t.name,
+        t.version,
+        time(t.created_ms),
+        s.description,
+        s.kernel,
+        s.initramfs.as_deref().unwrap_or("-"),
+        s.cmdline,
+        s.vcpus,
+        s.ram_mib,
+        if s.hugepages { " (huge pages)" } else { "" },
+        s.disk_gib,
+        s.vfs,
+        if s.ha { "on" } else { "off" },
+        s.graceful_stop_timeout_ms
+    )
+}
+
+fn principal(p: &Principal) -> String {
+    match p {
+        Principal::User(u) => format!("user:{u}"),
+        Principal::Group(g) => format!("group:{g}"),
+        Principal::Uid(u) => format!("uid:{u}"),
+        Principal::Gid(g) => format!("gid:{g}"),
+    }
+}
+
+fn limit(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn quota(q: &Quota) -> [String; 4] {
+    [
+        limit(q.instances.map(u64::from)),
+        limit(q.vcpus.map(u64::from)),
+        limit(q.ram_mib),
+        limit(q.vfs.map(u64::from)),
+    ]
+}
+
+fn stacks(list: &[StackInfo]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            let [i, c, r, v] = quota(&s.quota);
+            vec![
+                s.name.to_string(),
+                format!("{}/{i}", s.usage.instances),
+                format!("{}/{c}", s.usage.vcpus),
+                format!("{}/{r}", s.usage.ram_mib),
+                format!("{}/{v}", s.usage.vfs),
+                s.admins.iter().map(principal).collect::<Vec<_>>().join(","),
+            ]
+        })
+        .collect();
+    table(
+        &["STACK", "INSTANCES", "VCPUS", "RAM MIB", "VFS", "ADMINS"],
+        &rows,
+        5,
+    )
+}
+
+/// One event as a line.
+pub fn event(e: &Event) -> String {
+    let who = match &e.actor {
+        Actor::User { uid, name, .. } if !name.is_empty() => format!("{name}"),
+        Actor::User { uid, .. } => format!("uid {uid}"),
+        Actor::Hostd => "hostd".into(),
+        Actor::Ha => "ha".into(),
+    };
+    let what = match &e.kind {
+        EventKind::State { from, to } => format!("{} -> {}", from.as_str(), to.as_str()),
+        EventKind::Created => "created".into(),
+        EventKind::Deleted => "deleted".into(),
+        EventKind::Renamed { .. } => "renamed".into(),
+        EventKind::Regrouped => "regrouped".into(),
+        EventKind::Resized => "resized".into(),
+        EventKind::HaChanged => "ha".into(),
+        EventKind::Rebooted { .. } => "rebooted".into(),
+        EventKind::Adopted { .. } => "adopted".into(),
+        EventKind::TemplateCreated { .. } | EventKind::TemplateDeleted { .. } => "template".into(),
+        EventKind::StackChanged => "stack".into(),
+        EventKind::HostdStarted => "started".into(),
+    };
+    let subject = e
+        .instance
+        .as_ref()
+        .map_or("-".to_owned(), |i| i.name.to_string());
+    let line = format!("{} {subject} {what} [{who}] {}", time(e.time_ms), e.reason);
+    cut(&line, WIDTH)
+}
+
+/// A response for people.
+pub fn response(response: &Response) -> String {
+    match response {
+        Response::Hello(info) => format!(
+            "hostd {} (protocol {}){}\nyou: uid {}, {:?}{}\n",
+            info.hostd_version,
+            info.protocol_version,
+            if info.sim { ", simulated hardware" } else { "" },
+            info.uid,
+            info.role,
+            if info.stacks.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " of {}",
+                    info.stacks
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ),
+        Response::HostStatus(s) => host_status(s),
+        Response::Inventory(inv) => inventory(inv),
+        Response::Instances(list) => instances(list),
+        Response::Instance(i) => instance(i),
+        Response::Templates(list) => templates(list),
+        Response::Template(t) => template(t),
+        Response::Stacks(list) => stacks(list),
+        Response::Stack(s) => stacks(std::slice::from_ref(s)),
+        Response::Events(page) => page.events.iter().map(|e| event(e) + "\n").collect(),
+        Response::Subscribed => String::new(),
+        Response::ConsoleAttached(_) => String::new(),
+        Response::Done => "done\n".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_fit_80_columns_by_cutting_the_flex_column() {
+        let rows = vec![
+            vec!["a".into(), "x".repeat(200)],
+            vec!["bb".into(), "short".into()],
+        ];
+        let out = table(&["K", "TEXT"], &rows, 1);
+        assert!(out.lines().all(|l| l.chars().count() <= WIDTH), "{out}");
+        assert!(out.lines().nth(1).unwrap().ends_with('~'));
+        assert_eq!(out.lines().nth(2).unwrap(), "bb  short");
+        assert_eq!(time(0), "1970-01-01 00:00:00");
+    }
+}

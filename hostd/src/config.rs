@@ -1,0 +1,366 @@
+//! hostd's configuration file (TOML, `/etc/hostd/hostd.toml`) and the `--sim` defaults.
+//! docs/HOSTD.md shows an example.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cpulist;
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read the hostd config {path}: check its permissions")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this config.
+    #[error("the hostd config {path} is not valid: fix the field named below")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A core list does not parse.
+    #[error("cores.{which} in the hostd config is not valid")]
+    Cores {
+        /// Which set.
+        which: &'static str,
+        /// Why.
+        #[source]
+        source: cpulist::CpuListError,
+    },
+    /// Inconsistent values.
+    #[error("the hostd config is not valid: {what}")]
+    Invalid {
+        /// What and how to fix it.
+        what: String,
+    },
+    /// `--sim` needs a home or data directory.
+    #[error(
+        "cannot find the user's data directory for --sim: set XDG_DATA_HOME or HOME, or pass --state-dir"
+    )]
+    NoDataDir,
+}
+
+/// The file's contents; every field has a default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    /// State store, VM directories (disks, logs). Default `/var/lib/hostd`.
+    pub state_dir: Option<PathBuf>,
+    /// Sockets and VMM runtime files (tmpfs). Default `/run/hostd`.
+    pub runtime_dir: Option<PathBuf>,
+    /// The API socket. Default `<runtime_dir>/hostd.sock`.
+    pub socket: Option<PathBuf>,
+    /// Group owning the API socket (mode 0660): who may connect at all.
+    pub socket_group: Option<String>,
+    /// Members of this group are appliance admins (as root is).
+    pub admin_group: Option<String>,
+    /// The `hostd-vmm` binary. Default: beside the `hostd` executable.
+    pub vmm_path: Option<PathBuf>,
+    /// Core split.
+    pub cores: CoresFile,
+    /// Memory.
+    pub memory: MemoryFile,
+    /// HA policy.
+    pub ha: HaFile,
+    /// VMM start.
+    pub vmm: VmmFile,
+}
+
+/// `[cores]`: the split of the online CPUs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoresFile {
+    /// For the host. Default: the first online core.
+    pub housekeeping: Option<String>,
+    /// For guests' vCPUs (dedicated, never shared). Default: every other online core.
+    pub guest: Option<String>,
+    /// For the fast path. Default: none.
+    pub fastpath: Option<String>,
+}
+
+/// `[memory]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryFile {
+    /// RAM kept for the host, MiB. Default 2048 (1024 with `--sim`).
+    pub host_reserve_mib: Option<u64>,
+}
+
+/// `[ha]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaFile {
+    /// Failures within the window after which an instance goes `down`. Default 3.
+    pub max_failures: Option<u32>,
+    /// The window, seconds. Default 600.
+    pub window_s: Option<u64>,
+    /// First restart delay, ms; doubled per failure. Default 1000.
+    pub backoff_initial_ms: Option<u64>,
+    /// Longest restart delay, ms. Default 60000.
+    pub backoff_max_ms: Option<u64>,
+}
+
+/// `[vmm]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmmFile {
+    /// How long a VMM may take to answer its control socket after spawn, ms. Default 15000.
+    pub start_timeout_ms: Option<u64>,
+}
+
+/// The HA policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaPolicy {
+    /// Failures within the window that make an instance `down`.
+    pub max_failures: u32,
+    /// The window, ms.
+    pub window_ms: u64,
+    /// First restart delay, ms.
+    pub backoff_initial_ms: u64,
+    /// Longest restart delay, ms.
+    pub backoff_max_ms: u64,
+}
+
+impl HaPolicy {
+    /// Delay before restart number `failures` (1-based): doubled each time, capped.
+    pub fn backoff_ms(&self, failures: u32) -> u64 {
+        let shift = failures.saturating_sub(1).min(32);
+        self.backoff_initial_ms
+            .saturating_mul(1u64 << shift)
+            .min(self.backoff_max_ms)
+    }
+}
+
+/// The configuration hostd runs with, every default filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Simulated hardware.
+    pub sim: bool,
+    /// State store and VM directories.
+    pub state_dir: PathBuf,
+    /// VMM sockets, core locks, exit records.
+    pub runtime_dir: PathBuf,
+    /// API socket.
+    pub socket: PathBuf,
+    /// Group of the API socket.
+    pub socket_group: Option<String>,
+    /// Admin group.
+    pub admin_group: Option<String>,
+    /// The VMM binary.
+    pub vmm_path: PathBuf,
+    /// Housekeeping cores.
+    pub housekeeping_cores: BTreeSet<u16>,
+    /// Guest cores.
+    pub guest_cores: BTreeSet<u16>,
+    /// Fast-path cores.
+    pub fastpath_cores: BTreeSet<u16>,
+    /// RAM kept for the host, MiB.
+    pub host_reserve_mib: u64,
+    /// HA policy.
+    pub ha: HaPolicy,
+    /// VMM start timeout, ms.
+    pub vmm_start_timeout_ms: u64,
+}
+
+/// Where the config file is by default.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostd/hostd.toml";
+
+/// The state directory of `hostd --sim`: `$XDG_DATA_HOME/hostd-sim`, usually
+/// `~/.local/share/hostd-sim`.
+pub fn sim_state_dir() -> Option<PathBuf> {
+    dirs::data_dir().map(|dir| dir.join("hostd-sim"))
+}
+
+impl ConfigFile {
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Fills in the defaults. `online` is the set of online CPUs; `sim` selects the
+    /// `--sim` layout (everything under the user's data directory unless given).
+    pub fn resolve(self, sim: bool, online: &BTreeSet<u16>) -> Result<Config, ConfigError> {
+        let state_dir = match (self.state_dir, sim) {
+            (Some(dir), _) => dir,
+            (None, true) => sim_state_dir().ok_or(ConfigError::NoDataDir)?,
+            (None, false) => PathBuf::from("/var/lib/hostd"),
+        };
+        let runtime_dir = match (self.runtime_dir, sim) {
+            (Some(dir), _) => dir,
+            (None, true) => state_dir.join("run"),
+            (None, false) => PathBuf::from("/run/hostd"),
+        };
+        let socket = match (self.socket, sim) {
+            (Some(path), _) => path,
+            (None, true) => state_dir.join("hostd.sock"),
+            (None, false) => runtime_dir.join("hostd.sock"),
+        };
+        let parse = |which: &'static str, list: &Option<String>| {
+            list.as_deref()
+                .map(cpulist::parse)
+                .transpose()
+                .map_err(|source| ConfigError::Cores { which, source })
+        };
+        let first = online.iter().next().copied().unwrap_or(0);
+        let housekeeping =
+            parse("housekeeping", &self.cores.housekeeping)?.unwrap_or_else(|| [first].into());
+        let fastpath = parse("fastpath", &self.cores.fastpath)?.unwrap_or_default();
+        let guest = match parse("guest", &self.cores.guest)? {
+            Some(guest) => guest,
+            None => {
+                let rest: BTreeSet<u16> = online
+                    .iter()
+                    .filter(|c| !housekeeping.contains(c) && !fastpath.contains(c))
+                    .copied()
+                    .collect();
+                if rest.is_empty() && sim {
+                    // A one-core machine: the demo guest shares the only core.
+                    housekeeping.clone()
+                } else {
+                    rest
+                }
+            }
+        };
+        if let Some(core) = guest.intersection(&fastpath).next() {
+            return Err(ConfigError::Invalid {
+                what: format!(
+                    "core {core} is in both cores.guest and cores.fastpath: a core has one role"
+                ),
+            });
+        }
+        if !sim {
+            if let Some(core) = guest.intersection(&housekeeping).next() {
+                return Err(ConfigError::Invalid {
+                    what: format!(
+                        "core {core} is in both cores.guest and cores.housekeeping: guest \
+                         cores are dedicated"
+                    ),
+                });
+            }
+        }
+        let vmm_path = match self.vmm_path {
+            Some(path) => path,
+            None => default_vmm_path(),
+        };
+        let defaults = HaPolicy {
+            max_failures: 3,
+            window_ms: 600_000,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 60_000,
+        };
+        let ha = HaPolicy {
+            max_failures: self.ha.max_failures.unwrap_or(defaults.max_failures).max(1),
+            window_ms: self
+                .ha
+                .window_s
+                .map_or(defaults.window_ms, |s| s.saturating_mul(1000)),
+            backoff_initial_ms: self
+                .ha
+                .backoff_initial_ms
+                .unwrap_or(defaults.backoff_initial_ms),
+            backoff_max_ms: self.ha.backoff_max_ms.unwrap_or(defaults.backoff_max_ms),
+        };
+        Ok(Config {
+            sim,
+            state_dir,
+            runtime_dir,
+            socket,
+            socket_group: self.socket_group,
+            admin_group: self.admin_group,
+            vmm_path,
+            housekeeping_cores: housekeeping,
+            guest_cores: guest,
+            fastpath_cores: fastpath,
+            host_reserve_mib: self
+                .memory
+                .host_reserve_mib
+                .unwrap_or(if sim { 1024 } else { 2048 }),
+            ha,
+            vmm_start_timeout_ms: self.vmm.start_timeout_ms.unwrap_or(15_000),
+        })
+    }
+}
+
+/// `hostd-vmm` beside the running executable (cargo puts both binaries in one directory;
+/// the appliance image installs them together). Test executables live one level deeper
+/// (`target/debug/deps`), so the parent is tried too.
+fn default_vmm_path() -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let dir = exe.as_deref().and_then(Path::parent);
+    if let Some(dir) = dir {
+        for candidate in [dir.join("hostd-vmm"), dir.join("../hostd-vmm")] {
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+        return dir.join("hostd-vmm");
+    }
+    PathBuf::from("hostd-vmm")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn online(n: u16) -> BTreeSet<u16> {
+        (0..n).collect()
+    }
+
+    #[test]
+    fn defaults_split_housekeeping_from_guest_cores() {
+        let config = ConfigFile::default().resolve(false, &online(8)).unwrap();
+        assert_eq!(config.housekeeping_cores, [0].into());
+        assert_eq!(config.guest_cores, (1..8).collect());
+        assert!(config.fastpath_cores.is_empty());
+        assert_eq!(config.socket, PathBuf::from("/run/hostd/hostd.sock"));
+        assert_eq!(config.ha.backoff_ms(1), 1000);
+        assert_eq!(config.ha.backoff_ms(3), 4000);
+        assert_eq!(config.ha.backoff_ms(30), 60_000);
+    }
+
+    #[test]
+    fn overlapping_sets_and_typos_are_refused() {
+        let file: ConfigFile =
+            toml::from_str("[cores]\nhousekeeping = \"0\"\nguest = \"1-3\"\nfastpath = \"3\"\n")
+                .unwrap();
+        let err = file.resolve(false, &online(4)).unwrap_err().to_string();
+        assert!(err.contains("core 3 is in both"), "{err}");
+        assert!(toml::from_str::<ConfigFile>("[cores]\nguests = \"1\"\n").is_err());
+    }
+
+    #[test]
+    fn sim_on_one_core_shares_it_with_the_guest() {
+        let file = ConfigFile {
+            state_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
+        let config = file.resolve(true, &online(1)).unwrap();
+        assert_eq!(config.guest_cores, [0].into());
+        assert_eq!(config.socket, PathBuf::from("/tmp/x/hostd.sock"));
+        assert_eq!(config.runtime_dir, PathBuf::from("/tmp/x/run"));
+    }
+}
