@@ -3,7 +3,8 @@
 //! Rust's `x86_64-unknown-linux-gnu` target links glibc statically with `+crt-static`. The flag
 //! goes only to that target (with `--target`), so build scripts and proc macros, which run on
 //! the host, stay dynamic. Paths are remapped so the binaries do not depend on where the
-//! checkout is. The build has a target directory of its own (`target/appliance`): it may run
+//! checkout is, and stripped of symbols (the image is loaded into RAM at every boot). The
+//! build has a target directory of its own (`target/appliance`): it may run
 //! from inside another cargo command (`cargo run`, `cargo test`) that holds the lock on the
 //! workspace's.
 
@@ -33,6 +34,16 @@ pub const APPLIANCE_BINARIES: &[OurBinary] = &[
         bin: "hostd-vmm",
         dest: "usr/bin/hostd-vmm",
     },
+    OurBinary {
+        package: "hostd",
+        bin: "hostd",
+        dest: "usr/bin/hostd",
+    },
+    OurBinary {
+        package: "hostd",
+        bin: "hostctl",
+        dest: "usr/bin/hostctl",
+    },
 ];
 
 /// A test target of ours that needs the QEMU lab's hardware: built with its package's `lab`
@@ -61,6 +72,10 @@ pub const LAB_TESTS: &[LabTest] = &[
     LabTest {
         package: "vmm",
         test: "lab_linux",
+    },
+    LabTest {
+        package: "vmm",
+        test: "lab_vfio",
     },
 ];
 
@@ -122,7 +137,7 @@ impl StaticBuild {
                 PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
             });
         let rustflags = format!(
-            "-C target-feature=+crt-static --remap-path-prefix={}=/src --remap-path-prefix={}=/cargo",
+            "-C target-feature=+crt-static -C strip=symbols --remap-path-prefix={}=/src --remap-path-prefix={}=/cargo",
             workspace.display(),
             cargo_home.display()
         );

@@ -71,7 +71,10 @@ impl ImageConfig {
             bin_dir,
             profiles_dir: Some(crate::binaries::workspace_root().join("hw-tests/profiles")),
             hugepages,
-            services: Vec::new(),
+            services: vec![Service {
+                name: "hostd".into(),
+                command: "/usr/bin/hostd".into(),
+            }],
             lab: None,
         }
     }
@@ -291,6 +294,15 @@ pub fn assemble(config: &ImageConfig) -> Result<Archive, ImageError> {
         config.inputs.kernel_package,
         env!("CARGO_PKG_VERSION")
     );
+    for (path, text) in crate::etc::FILES {
+        a.add(
+            path,
+            Node::File {
+                mode: 0o644,
+                data: text.as_bytes().to_vec(),
+            },
+        )?;
+    }
     a.add(
         "etc/appliance/release",
         Node::File {

@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod binaries;
+pub mod etc;
 pub mod host_program;
 pub mod image;
 pub mod init_script;

@@ -132,8 +132,9 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     println!("{}", result.report.to_json());
     eprint!("{}", result.report.to_text());
     eprintln!(
-        "hw-qemu: boot to ready {:.1} s, suite {:.1} s, QEMU start to report {:.1} s",
+        "hw-qemu: boot to ready {:.1} s, to hostd ready {:.1} s, suite {:.1} s, QEMU start to report {:.1} s",
         result.boot.as_secs_f64(),
+        result.hostd_ready.as_secs_f64(),
         result.suite.as_secs_f64(),
         (result.boot + result.suite).as_secs_f64()
     );

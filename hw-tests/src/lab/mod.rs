@@ -70,6 +70,8 @@ pub struct LabResult {
     pub suite_exit: i32,
     /// QEMU start to `appliance-init: ready`.
     pub boot: Duration,
+    /// QEMU start to hostd answering `hostctl status`.
+    pub hostd_ready: Duration,
     /// Suite start to report received.
     pub suite: Duration,
     /// The lab tests, in the order run.
@@ -88,6 +90,14 @@ pub enum LabError {
     /// The report was not whole or not consistent.
     #[error(transparent)]
     Report(#[from] ReportError),
+    /// hostd, started by init, did not answer.
+    #[error(
+        "hostd did not answer `hostctl status` within {secs} s of boot; its log is on the console above (/var/log/hostd.log)"
+    )]
+    HostdNotReady {
+        /// How long it was given.
+        secs: u64,
+    },
     /// The suite's exit status line was unreadable.
     #[error("cannot read hw-test's exit status from the console")]
     ExitStatus,
@@ -139,6 +149,8 @@ pub fn run(lab: &LabRun) -> Result<LabResult, LabError> {
             .nth(1)
             .is_some_and(|after| after.contains("# "))
     })?;
+    wait_for_hostd(&mut console, deadline)?;
+    let hostd_ready = start.elapsed();
 
     let suite_start = Instant::now();
     let mark = console.output().len();
@@ -168,9 +180,35 @@ pub fn run(lab: &LabRun) -> Result<LabResult, LabError> {
         report,
         suite_exit,
         boot,
+        hostd_ready,
         suite,
         lab_tests,
     })
+}
+
+/// How long hostd may take to answer after init is ready.
+const HOSTD_READY_SECS: u64 = 30;
+
+/// Waits (in the guest, polling every 100 ms) until hostd answers `hostctl status`; on a
+/// timeout prints hostd's log to the console and fails.
+fn wait_for_hostd(console: &mut Console, deadline: Instant) -> Result<(), LabError> {
+    let mark = console.output().len();
+    let polls = HOSTD_READY_SECS * 10;
+    // The marker is assembled by printf, so the echoed command line never matches it.
+    console.send_line(&format!(
+        "i=0; until hostctl status >/dev/null 2>&1 || [ $i -ge {polls} ]; do usleep 100000; i=$((i+1)); done; \
+         if hostctl status >/dev/null 2>&1; then printf 'hostd-%s\\n' up; else cat /var/log/hostd.log; printf 'hostd-%s\\n' down; fi"
+    ))?;
+    let out = console.wait_until(mark, "hostd to answer `hostctl status`", deadline, |out| {
+        out.contains("hostd-up") || out.contains("hostd-down")
+    })?;
+    if out.contains("hostd-up") {
+        Ok(())
+    } else {
+        Err(LabError::HostdNotReady {
+            secs: HOSTD_READY_SECS,
+        })
+    }
 }
 
 /// Runs one lab test executable in the guest, one test at a time (they share the hardware).
