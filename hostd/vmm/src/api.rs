@@ -92,6 +92,45 @@ pub struct VmStatus {
     pub locked_bytes: u64,
     /// Resets since start (guest-initiated or requested).
     pub resets: u32,
+    /// Host PCI functions passed through to the guest, in config order.
+    pub passthrough: Vec<PassthroughStatus>,
+}
+
+/// A host PCI function passed through to the guest (`[[vfio]]` in the config).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassthroughStatus {
+    /// Host PCI address, e.g. `0000:01:10.0`.
+    pub host_address: String,
+    /// Address in the guest, e.g. `0000:00:01.0`.
+    pub guest_address: String,
+    /// Host IOMMU group (`/dev/vfio/<group>`), which this VMM holds open.
+    pub iommu_group: u32,
+    /// PCI vendor ID.
+    pub vendor_id: u16,
+    /// PCI device ID.
+    pub device_id: u16,
+    /// MSI-X vectors of the function (0: no MSI-X).
+    pub msix_vectors: u16,
+    /// What the guest driver has enabled: no interrupts (no driver yet), MSI or MSI-X.
+    pub interrupts: InterruptMode,
+    /// Vectors routed to the guest now (enabled and unmasked).
+    pub live_vectors: u32,
+    /// Times the VMM reset the function since start (each VM reset resets it).
+    pub resets: u32,
+}
+
+/// Interrupt mode of a passthrough function, as its guest driver set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InterruptMode {
+    /// Neither MSI nor MSI-X enabled (VFs have no INTx).
+    None,
+    /// MSI with this many vectors.
+    Msi {
+        /// Vectors enabled.
+        vectors: u32,
+    },
+    /// MSI-X.
+    Msix,
 }
 
 /// Status of one vCPU.
@@ -183,6 +222,17 @@ mod tests {
             rss_bytes: 70 << 20,
             locked_bytes: 64 << 20,
             resets: 1,
+            passthrough: vec![PassthroughStatus {
+                host_address: "0000:01:10.0".into(),
+                guest_address: "0000:00:01.0".into(),
+                iommu_group: 7,
+                vendor_id: 0x8086,
+                device_id: 0x10ca,
+                msix_vectors: 3,
+                interrupts: InterruptMode::Msix,
+                live_vectors: 3,
+                resets: 0,
+            }],
         });
         let mut wire = Vec::new();
         write_frame(&mut wire, &Request::Reboot(RebootMode::Soft)).unwrap();

@@ -65,6 +65,10 @@ pub struct VmConfig {
     /// The virtio block device, if any.
     #[serde(default)]
     pub disk: Option<DiskConfig>,
+    /// Host PCI functions (SR-IOV VFs) passed through to the guest with VFIO, `[[vfio]]` in
+    /// the file. Each must already be bound to vfio-pci; the VMM resets it when the VM stops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vfio: Vec<VfioConfig>,
     /// How long a graceful stop (power button) may take before the VM is stopped by force.
     #[serde(default = "default_graceful_timeout_ms")]
     pub graceful_stop_timeout_ms: u64,
@@ -117,6 +121,19 @@ pub struct DiskConfig {
     /// Present the disk read-only (the image is then opened read-only).
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// A host PCI function passed through to the guest (docs/VMM.md "VF passthrough").
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VfioConfig {
+    /// The function: its PCI address (`0000:01:10.0`, or `01:10.0` for domain 0) or its sysfs
+    /// directory (`/sys/bus/pci/devices/0000:01:10.0`). It must be bound to vfio-pci.
+    pub device: String,
+    /// Guest slot: the device number on the guest's bus 0, 1..=31. Default: the lowest free
+    /// slot, in the order of the entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u8>,
 }
 
 fn default_runtime_dir() -> PathBuf {
@@ -194,6 +211,47 @@ impl VmConfig {
         if self.kernel.cmdline.len() + 1 > crate::layout::CMDLINE_MAX - 128 {
             return invalid("kernel.cmdline is too long".into());
         }
+        self.validate_vfio()
+    }
+
+    fn validate_vfio(&self) -> Result<(), ConfigError> {
+        let invalid = |what: String| Err(ConfigError::Invalid { what });
+        // Slot 0 is the host bridge's: 31 slots are left.
+        if self.vfio.len() > 31 {
+            return invalid(format!(
+                "{} [[vfio]] devices asked, a VM has at most 31 PCI slots",
+                self.vfio.len()
+            ));
+        }
+        for (index, entry) in self.vfio.iter().enumerate() {
+            if entry.device.trim().is_empty() {
+                return invalid(format!(
+                    "[[vfio]] entry {index} has an empty device: give a PCI address such as 0000:01:10.0"
+                ));
+            }
+            if let Some(slot) = entry.slot {
+                if !(1..=31).contains(&slot) {
+                    return invalid(format!(
+                        "[[vfio]] {}: slot = {slot} is not usable, choose 1 to 31 (0 is the host bridge)",
+                        entry.device
+                    ));
+                }
+            }
+            let earlier = &self.vfio[..index];
+            if earlier.iter().any(|e| e.device == entry.device) {
+                return invalid(format!(
+                    "[[vfio]] device {} is listed twice: a device is passed through once",
+                    entry.device
+                ));
+            }
+            if let Some(slot) = entry.slot {
+                if earlier.iter().any(|e| e.slot == Some(slot)) {
+                    return invalid(format!(
+                        "[[vfio]] slot {slot} is given to two devices: give each its own slot"
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -244,6 +302,51 @@ mod tests {
         assert!(err.contains("core 1 is listed twice"), "{err}");
         config.vcpu_cores.clear();
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn vfio_entries_parse_round_trip_and_are_checked() {
+        let text = format!(
+            "{EXAMPLE}\n[[vfio]]\ndevice = \"0000:01:10.0\"\n[[vfio]]\ndevice = \"01:10.2\"\nslot = 4\n"
+        );
+        let config: VmConfig = toml::from_str(&text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.vfio,
+            [
+                VfioConfig {
+                    device: "0000:01:10.0".into(),
+                    slot: None
+                },
+                VfioConfig {
+                    device: "01:10.2".into(),
+                    slot: Some(4)
+                }
+            ]
+        );
+        // hostd writes configs with toml::to_string: the entries must survive it.
+        let written = toml::to_string(&config).unwrap();
+        assert_eq!(toml::from_str::<VmConfig>(&written).unwrap(), config);
+        // No entries: nothing is written, and an old config still parses.
+        let plain: VmConfig = toml::from_str(EXAMPLE).unwrap();
+        assert!(plain.vfio.is_empty());
+        assert!(!toml::to_string(&plain).unwrap().contains("vfio"));
+
+        let mut bad = config.clone();
+        bad.vfio[1].slot = Some(0);
+        assert!(bad.validate().unwrap_err().to_string().contains("slot = 0"));
+        bad.vfio[1].slot = Some(32);
+        assert!(bad.validate().is_err());
+        let mut twice = config.clone();
+        twice.vfio[1].device = "0000:01:10.0".into();
+        let err = twice.validate().unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+        let mut same_slot = config.clone();
+        same_slot.vfio[0].slot = Some(4);
+        let err = same_slot.validate().unwrap_err().to_string();
+        assert!(err.contains("slot 4 is given to two devices"), "{err}");
+        let typo = text.replace("slot = 4", "slott = 4");
+        assert!(toml::from_str::<VmConfig>(&typo).is_err());
     }
 
     #[test]

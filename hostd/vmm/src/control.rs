@@ -85,6 +85,16 @@ pub mod exit_code {
     pub const KVM_UNAVAILABLE: i32 = 7;
     /// Control or console socket in use or not creatable.
     pub const SOCKET_UNAVAILABLE: i32 = 8;
+    /// A passthrough device is missing or not bound to vfio-pci.
+    pub const VFIO_DEVICE_UNAVAILABLE: i32 = 9;
+    /// A passthrough device's IOMMU group is not viable.
+    pub const VFIO_GROUP_NOT_VIABLE: i32 = 11;
+    /// No VFIO or no IOMMU on the host (or KVM without its VFIO device).
+    pub const VFIO_UNSUPPORTED: i32 = 12;
+    /// A passthrough device is in use by another process (another VM).
+    pub const VFIO_DEVICE_BUSY: i32 = 13;
+    /// VFIO or KVM refused to set up a passthrough device, or its BARs do not fit.
+    pub const VFIO_SETUP_FAILED: i32 = 14;
     /// Stopped by force.
     pub const FORCED_STOP: i32 = 10;
     /// Debug exit `v != 0` exits with `GUEST_EXIT_BASE + v`, capped at 127.
@@ -112,6 +122,7 @@ pub fn start_exit_code(err: &StartError) -> i32 {
         StartError::Disk(_) => exit_code::BAD_DISK,
         StartError::Kvm { .. } => exit_code::KVM_UNAVAILABLE,
         StartError::ConsoleLog { .. } => exit_code::BAD_CONFIG,
+        StartError::Passthrough(err) => err.exit_code(),
         StartError::Host { .. } | StartError::Bus(_) | StartError::Vcpu(_) => {
             exit_code::RUNTIME_FAILURE
         }
@@ -537,6 +548,7 @@ impl ControlLoop {
             rss_bytes: kib("VmRSS:") << 10,
             locked_bytes: kib("VmLck:") << 10,
             resets: self.vm.resets,
+            passthrough: self.vm.passthrough.status(),
         }
     }
 

@@ -19,6 +19,18 @@ pub const IOAPIC_PINS: u32 = 24;
 /// Local APIC MMIO base.
 pub const LAPIC_ADDR: u64 = 0xFEE0_0000;
 
+/// The PCI BAR window inside the MMIO hole: the VMM assigns every BAR of a guest PCI function
+/// here (32-bit and 64-bit BARs alike), and the DSDT's host bridge announces it as its only
+/// memory window. 256 MiB: VFs' BARs are KiBs to a few MiB.
+pub const PCI_BAR_WINDOW_START: u64 = 0xC000_0000;
+/// Size of the PCI BAR window (it ends where the virtio-mmio windows start).
+pub const PCI_BAR_WINDOW_SIZE: u64 = 0x1000_0000;
+/// PCI Express enhanced configuration space (ECAM) of segment 0, announced in the ACPI MCFG
+/// and reserved in the memory map.
+pub const PCI_ECAM_BASE: u64 = 0xE000_0000;
+/// ECAM size: bus 0 only (32 devices x 8 functions x 4 KiB).
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+
 /// First virtio-mmio device window inside the MMIO hole; one 4 KiB page per device.
 pub const VIRTIO_MMIO_BASE: u64 = 0xD000_0000;
 /// Size of one virtio-mmio window.
@@ -112,6 +124,13 @@ pub fn memory_map(ram_bytes: u64) -> Vec<MemoryMapEntry> {
             kind: MemoryKind::Ram,
         });
     }
+    // Linux only uses an MCFG's ECAM when the memory map reserves it ("MMCONFIG ... not
+    // reserved in E820" otherwise, and it falls back to mechanism 1).
+    map.push(MemoryMapEntry {
+        start: PCI_ECAM_BASE,
+        len: PCI_ECAM_SIZE,
+        kind: MemoryKind::Reserved,
+    });
     if ram_bytes > MMIO_HOLE_START {
         map.push(MemoryMapEntry {
             start: RAM_ABOVE_4G_START,
@@ -130,11 +149,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn small_guest_has_one_ram_range_and_three_map_entries() {
+    fn small_guest_has_one_ram_range_and_four_map_entries() {
         let ram = 64 << 20;
         assert_eq!(ram_ranges(ram), vec![(GuestAddress(0), ram)]);
         let map = memory_map(ram);
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.len(), 4);
         assert_eq!(
             map[0],
             MemoryMapEntry {
@@ -153,6 +172,29 @@ mod tests {
                 kind: MemoryKind::Ram
             }
         );
+        assert_eq!(
+            map[3],
+            MemoryMapEntry {
+                start: PCI_ECAM_BASE,
+                len: PCI_ECAM_SIZE,
+                kind: MemoryKind::Reserved
+            }
+        );
+    }
+
+    #[test]
+    fn mmio_hole_windows_do_not_overlap() {
+        let mut windows = [
+            (PCI_BAR_WINDOW_START, PCI_BAR_WINDOW_SIZE),
+            (VIRTIO_MMIO_BASE, 8 * VIRTIO_MMIO_SIZE),
+            (PCI_ECAM_BASE, PCI_ECAM_SIZE),
+            (IOAPIC_ADDR, 0x1000),
+        ];
+        windows.sort();
+        assert!(windows[0].0 >= MMIO_HOLE_START);
+        for pair in windows.windows(2) {
+            assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:x?} overlap");
+        }
     }
 
     #[test]
@@ -173,6 +215,7 @@ mod tests {
         assert_eq!(map.last().map(|e| e.start), Some(RAM_ABOVE_4G_START));
         assert!(
             map.iter()
+                .filter(|e| e.kind == MemoryKind::Ram)
                 .all(|e| e.start + e.len <= MMIO_HOLE_START || e.start >= 1 << 32)
         );
     }

@@ -14,5 +14,7 @@ pub mod devices;
 pub mod events;
 pub mod layout;
 pub mod memory;
+pub mod pci;
 pub mod vcpu;
+pub mod vfio;
 pub mod vm;

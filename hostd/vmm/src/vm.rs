@@ -1,8 +1,9 @@
 //! Building a VM from its config, in the order that refuses bad input before anything
-//! expensive happens: cores (present, then locked), kernel and disk files, /dev/kvm, guest
-//! RAM (checked, reserved, faulted in, locked), devices, guest image, then the vCPU threads,
-//! each pinned before it first runs. Also the VM-wide operations the control loop uses:
-//! pause, resume, reset, stop.
+//! expensive happens: cores (present, then locked), kernel and disk files and the host side of
+//! passthrough devices, /dev/kvm, guest RAM (checked, reserved, faulted in, locked), the
+//! passthrough devices (VFIO, DMA), devices, guest image, then the vCPU threads, each pinned
+//! before it first runs. Also the VM-wide operations the control loop uses: pause, resume,
+//! reset, stop.
 
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ use crate::cores::{self, CoreError, CoreLock};
 use crate::devices::acpi_pm::{self, AcpiPm, InterruptLine};
 use crate::devices::console::{ConsoleLog, ConsoleOutput};
 use crate::devices::legacy::{self, DebugExit, I8042};
-use crate::devices::pci::{self, NoFunctions, PciConfigIo};
+use crate::devices::pci::{self, PciConfigIo};
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::virtio_blk::{Block, DiskError};
 use crate::devices::virtio_mmio::MmioTransport;
@@ -31,7 +32,10 @@ use crate::devices::{Bus, BusError, SharedDevice, lock};
 use crate::events::{EventReceiver, EventSender, event_channel};
 use crate::layout;
 use crate::memory::{self, GuestRam, MemoryError, MemoryRequest};
+use crate::pci::{BarWindowTrap, Ecam, PciSegment, SharedSegment};
 use crate::vcpu::{self, VcpuError, VcpuHandle, VcpuReply, VcpuRequest, VcpuSetup};
+use crate::vfio::host::{self as vfio_host, HostDevice, HostPaths};
+use crate::vfio::{OpenRequest, Passthrough, PassthroughError};
 
 /// Why a VM could not start. Each kind has its own process exit code (docs/VMM.md).
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,9 @@ pub enum StartError {
     /// Disk image missing, read-only or in use.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// A passthrough device is missing, not ready, in use, or VFIO refused it.
+    #[error(transparent)]
+    Passthrough(#[from] PassthroughError),
     /// /dev/kvm is missing or refused a VM operation.
     #[error("KVM: cannot {what}: is /dev/kvm present and usable (kvm_intel / kvm_amd loaded)?")]
     Kvm {
@@ -113,9 +120,12 @@ pub struct Vm {
     pub events: EventReceiver,
     /// Resets since start.
     pub resets: u32,
+    /// Passthrough devices (VFIO).
+    pub passthrough: Passthrough,
     vm_fd: Arc<VmFd>,
     boot: BootImage,
     disk: Option<Arc<Mutex<MmioTransport<Block>>>>,
+    pci: SharedSegment,
     replies: Receiver<(usize, VcpuReply)>,
     initial_irqchips: Vec<kvm_irqchip>,
     initial_pit: kvm_pit_state2,
@@ -187,6 +197,8 @@ impl Vm {
                 path: config.console.log.clone(),
                 source,
             })?;
+        let host = HostPaths::real();
+        let vfio_devices = check_passthrough_devices(&config, &host)?;
 
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         let ram = memory::create_guest_ram(&MemoryRequest {
@@ -211,6 +223,19 @@ impl Vm {
             })
             .map_err(kvm_err("create the PIT"))?;
         register_memory(&vm_fd, &ram)?;
+        let mut segment = PciSegment::new();
+        let passthrough = Passthrough::open(OpenRequest {
+            devices: vfio_devices,
+            vm_fd: &vm_fd,
+            ram: &ram.memory,
+            segment: &mut segment,
+            memory_slots: (
+                ram.memory.num_regions() as u32,
+                kvm.get_nr_memslots() as u32,
+            ),
+            host: &host,
+        })?;
+        let pci = SharedSegment(Arc::new(Mutex::new(segment)));
 
         let (event_tx, events) = event_channel().map_err(host_err("the event channel"))?;
         let serial_irq = irqfd(&vm_fd, serial::COM1_IRQ)?;
@@ -237,7 +262,7 @@ impl Vm {
             }
             None => None,
         };
-        let (io_bus, mmio_bus) = buses(&serial, &pm, disk.as_ref(), &event_tx)?;
+        let (io_bus, mmio_bus) = buses(&serial, &pm, disk.as_ref(), &pci, &event_tx)?;
 
         let entry = boot.load(&ram.memory)?;
         log::info!(
@@ -296,9 +321,11 @@ impl Vm {
             pm,
             events,
             resets: 0,
+            passthrough,
             vm_fd,
             boot,
             disk,
+            pci,
             replies,
             initial_irqchips,
             initial_pit,
@@ -365,15 +392,18 @@ impl Vm {
         if let Some(disk) = &self.disk {
             lock(disk).reset();
         }
+        lock(&self.pci.0).reset();
         self.load_vcpu_state(entry);
         Ok(())
     }
 
-    /// Ends all vCPU threads.
+    /// Ends all vCPU threads, then resets the passthrough devices and unmaps guest RAM from
+    /// the IOMMU (before the RAM itself goes).
     pub fn stop(&mut self) {
         for vcpu in &mut self.vcpus {
             vcpu.stop();
         }
+        self.passthrough.shutdown();
     }
 }
 
@@ -381,6 +411,25 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The host checks of every `[[vfio]]` entry (docs/VMM.md "VF passthrough"), in config order;
+/// two entries naming the same function are refused.
+fn check_passthrough_devices(
+    config: &VmConfig,
+    host: &HostPaths,
+) -> Result<Vec<(HostDevice, Option<u8>)>, PassthroughError> {
+    let mut devices: Vec<(HostDevice, Option<u8>)> = Vec::new();
+    for entry in &config.vfio {
+        let device = vfio_host::check(&entry.device, host)?;
+        if devices.iter().any(|(d, _)| d.address == device.address) {
+            return Err(PassthroughError::Duplicate {
+                address: device.address,
+            });
+        }
+        devices.push((device, entry.slot));
+    }
+    Ok(devices)
 }
 
 /// Housekeeping cores from the config, or the available non-vCPU cores, or all available.
@@ -429,6 +478,7 @@ fn buses(
     serial: &Arc<Mutex<SerialDevice>>,
     pm: &Arc<Mutex<AcpiPm>>,
     disk: Option<&Arc<Mutex<MmioTransport<Block>>>>,
+    pci: &SharedSegment,
     events: &EventSender,
 ) -> Result<(Bus, Bus), StartError> {
     let mut io = Bus::default();
@@ -448,9 +498,22 @@ fn buses(
         acpi_pm::PM_BLOCK_LEN,
         pm.clone(),
     )?;
-    let pci: SharedDevice = Arc::new(Mutex::new(PciConfigIo::new(NoFunctions)));
-    io.insert(pci::PCI_CONFIG_PORT, pci::PCI_CONFIG_LEN, pci)?;
+    let config_io: SharedDevice = Arc::new(Mutex::new(PciConfigIo::new(pci.clone())));
+    io.insert(pci::PCI_CONFIG_PORT, pci::PCI_CONFIG_LEN, config_io)?;
     let mut mmio = Bus::default();
+    mmio.insert(
+        layout::PCI_ECAM_BASE,
+        layout::PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(Ecam::new(pci.clone()))),
+    )?;
+    mmio.insert(
+        layout::PCI_BAR_WINDOW_START,
+        layout::PCI_BAR_WINDOW_SIZE,
+        Arc::new(Mutex::new(BarWindowTrap::new(
+            pci.clone(),
+            layout::PCI_BAR_WINDOW_START,
+        ))),
+    )?;
     if let Some(disk) = disk {
         mmio.insert(
             layout::VIRTIO_MMIO_BASE,

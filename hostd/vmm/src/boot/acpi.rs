@@ -1,6 +1,7 @@
 //! ACPI tables (docs/VMM.md "Devices"): RSDP at the start of the `0xE0000` area so the
 //! legacy scan finds it, then XSDT, FADT (PM1a blocks, SCI 9, no CMOS RTC, no 8042),
-//! DSDT (`\_S5`) and MADT (one enabled local APIC per vCPU, the IOAPIC, SCI override).
+//! DSDT (`\_S5`, the PCI host bridge `\_SB.PCI0`), MADT (one enabled local APIC per vCPU,
+//! the IOAPIC, SCI override) and MCFG (the PCI segment's ECAM, [`crate::pci::acpi`]).
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::rsdp::Rsdp;
@@ -54,16 +55,18 @@ pub fn build(vcpus: u8) -> Result<AcpiTables, BootError> {
     let dsdt = place(dsdt());
     let fadt = place(fadt(dsdt.0.0));
     let madt = place(madt(vcpus));
+    let mcfg = place(crate::pci::acpi::mcfg(OEM_ID, OEM_TABLE_ID, OEM_REVISION));
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt.0.0);
     xsdt.add_entry(madt.0.0);
+    xsdt.add_entry(mcfg.0.0);
     let xsdt = place(to_bytes(&xsdt));
     let end = xsdt.0.0 + xsdt.1.len() as u64;
     if end > ACPI_END {
         return Err(BootError::AcpiTooLarge { vcpus });
     }
     tables.push((RSDP_ADDR, to_bytes(&Rsdp::new(OEM_ID, xsdt.0.0))));
-    tables.extend([dsdt, fadt, madt, xsdt]);
+    tables.extend([dsdt, fadt, madt, mcfg, xsdt]);
     Ok(AcpiTables { tables })
 }
 
@@ -96,6 +99,7 @@ fn dsdt() -> Vec<u8> {
         &aml::Package::new(vec![&S5_SLP_TYP, &S5_SLP_TYP, &0u8, &0u8]),
     );
     dsdt.append_slice(&to_bytes(&s5));
+    dsdt.append_slice(&crate::pci::acpi::root_bridge_aml());
     dsdt.update_checksum();
     dsdt.as_slice().to_vec()
 }
@@ -205,12 +209,16 @@ mod tests {
         let (dsdt_addr, dsdt) = find(b"DSDT");
         assert_eq!(x_dsdt, dsdt_addr.0);
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
-        // The XSDT lists the FADT and the MADT.
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+        // The XSDT lists the FADT, the MADT and the MCFG.
         let xsdt = &find(b"XSDT").1;
         let entries: Vec<u64> = xsdt[36..]
             .chunks(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        assert_eq!(entries, [find(b"FACP").0.0, find(b"APIC").0.0]);
+        assert_eq!(
+            entries,
+            [find(b"FACP").0.0, find(b"APIC").0.0, find(b"MCFG").0.0]
+        );
     }
 }

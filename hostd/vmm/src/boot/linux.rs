@@ -117,8 +117,8 @@ mod tests {
             (0x3F0_0000, 0x1234)
         );
         assert_eq!({ params.acpi_rsdp_addr }, 0xE_0000);
-        assert_eq!(params.e820_entries, 3);
-        let e820: Vec<(u64, u64, u32)> = params.e820_table[..3]
+        assert_eq!(params.e820_entries, 4);
+        let e820: Vec<(u64, u64, u32)> = params.e820_table[..4]
             .iter()
             .map(|e| ({ e.addr }, { e.size }, { e.r#type }))
             .collect();
@@ -127,7 +127,8 @@ mod tests {
             [
                 (0, 0x9_FC00, 1),
                 (0x9_FC00, 0x10_0000 - 0x9_FC00, 2),
-                (0x10_0000, (64 << 20) - 0x10_0000, 1)
+                (0x10_0000, (64 << 20) - 0x10_0000, 1),
+                (0xE000_0000, 0x10_0000, 2)
             ]
         );
     }
@@ -141,6 +142,6 @@ mod tests {
         let magic: u32 = memory.read_obj(GuestAddress(0x7000 + 0x202)).unwrap();
         assert_eq!(magic, 0x5372_6448);
         let entries: u8 = memory.read_obj(GuestAddress(0x7000 + 0x1E8)).unwrap();
-        assert_eq!(entries, 3);
+        assert_eq!(entries, 4);
     }
 }

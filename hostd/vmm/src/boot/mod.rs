@@ -467,12 +467,13 @@ mod tests {
             0xFF,
             "type_of_loader"
         );
-        // e820: three entries, the last RAM up to the end of guest memory.
+        // e820: three RAM and reserved entries, the last RAM up to the end of guest memory,
+        // then the ECAM reservation.
         assert_eq!(
             memory
                 .read_obj::<u8>(GuestAddress(zero_page + 0x1E8))
                 .unwrap(),
-            3
+            4
         );
         let last = zero_page + 0x2D0 + 2 * 20;
         let (addr, size) = (

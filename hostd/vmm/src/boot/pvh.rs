@@ -83,9 +83,9 @@ mod tests {
         let info: hvm_start_info = memory.read_obj(PVH_START_INFO).unwrap();
         assert_eq!((info.magic, info.version), (0x336E_C578, 1));
         assert_eq!(info.rsdp_paddr, 0xE_0000);
-        assert_eq!((info.memmap_paddr, info.memmap_entries), (PVH_MEMMAP.0, 3));
+        assert_eq!((info.memmap_paddr, info.memmap_entries), (PVH_MEMMAP.0, 4));
         assert_eq!((info.nr_modules, info.modlist_paddr), (1, PVH_MODLIST.0));
-        let ram: u64 = (0..3)
+        let ram: u64 = (0..4)
             .map(|i| {
                 memory
                     .read_obj::<hvm_memmap_table_entry>(PVH_MEMMAP.unchecked_add(i * 24))

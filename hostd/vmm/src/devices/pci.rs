@@ -1,6 +1,7 @@
-//! PCI configuration mechanism 1 (`0xCF8` address, `0xCFC..0xCFF` data). There are no PCI
-//! functions yet, so every read of a function answers all ones ("no device"). The host bridge
-//! and VFIO functions of a later issue implement [`PciConfigSpace`] and slot in here.
+//! PCI configuration mechanism 1 (`0xCF8` address, `0xCFC..0xCFF` data) in front of a
+//! [`PciConfigSpace`]: the guest's PCI segment ([`crate::pci::PciSegment`]), whose ECAM
+//! window ([`crate::pci::Ecam`]) reaches the same functions. Reads of absent functions answer
+//! all ones ("no device").
 
 use super::{BusDevice, read_le, write_le};
 
@@ -19,8 +20,9 @@ pub struct ConfigAddress {
     pub device: u8,
     /// Function number (0..8).
     pub function: u8,
-    /// Dword-aligned register offset.
-    pub register: u8,
+    /// Dword-aligned register offset: `0..0x100` through mechanism 1, `0..0x1000` through
+    /// ECAM (extended configuration space).
+    pub register: u16,
 }
 
 impl ConfigAddress {
@@ -30,7 +32,7 @@ impl ConfigAddress {
             bus: (value >> 16) as u8,
             device: ((value >> 11) & 0x1F) as u8,
             function: ((value >> 8) & 0x7) as u8,
-            register: (value & 0xFC) as u8,
+            register: (value & 0xFC) as u16,
         })
     }
 }
@@ -39,7 +41,8 @@ impl ConfigAddress {
 pub trait PciConfigSpace: Send {
     /// Reads the dword at `address`; `None` when no function is there.
     fn read_dword(&mut self, address: ConfigAddress) -> Option<u32>;
-    /// Writes `data` at byte `offset` (0..4) of the dword at `address`.
+    /// Writes `data` (1, 2 or 4 bytes, not crossing the dword) at byte `offset` (0..4) of the
+    /// dword at `address`.
     fn write(&mut self, address: ConfigAddress, offset: u8, data: &[u8]);
 }
 

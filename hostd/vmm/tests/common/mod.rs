@@ -139,7 +139,14 @@ pub struct Spec {
     pub runtime_dir: Option<PathBuf>,
     pub disk: Option<(PathBuf, bool)>,
     pub graceful_timeout_ms: u64,
+    /// Top-level config lines (and `[[vfio]]` tables) written before `[kernel]`.
     pub extra: String,
+    /// The VMM executable: this build's, or the lab image's (`/usr/bin/hostd-vmm`).
+    pub vmm: PathBuf,
+    /// `kernel.initramfs`.
+    pub initramfs: Option<PathBuf>,
+    /// `kernel.cmdline`.
+    pub cmdline: String,
 }
 
 impl Spec {
@@ -155,6 +162,9 @@ impl Spec {
             disk: None,
             graceful_timeout_ms: 10_000,
             extra: String::new(),
+            vmm: PathBuf::from(env!("CARGO_BIN_EXE_hostd-vmm")),
+            initramfs: None,
+            cmdline: String::new(),
         }
     }
 }
@@ -220,7 +230,7 @@ impl TestVm {
         let mut toml = format!(
             "name = \"{}\"\nmemory_mib = {}\nhugepages = {}\nvcpu_cores = [{}]\n\
              runtime_dir = \"{}\"\ncontrol_socket = \"{}\"\ngraceful_stop_timeout_ms = {}\n{}\n\
-             [kernel]\npath = \"{}\"\n[console]\nlog = \"{}\"\nsocket = \"{}\"\n",
+             [kernel]\npath = \"{}\"\ncmdline = \"{}\"\n{}[console]\nlog = \"{}\"\nsocket = \"{}\"\n",
             spec.name,
             spec.memory_mib,
             spec.hugepages,
@@ -230,6 +240,11 @@ impl TestVm {
             spec.graceful_timeout_ms,
             spec.extra,
             spec.kernel.display(),
+            spec.cmdline,
+            spec.initramfs
+                .as_ref()
+                .map(|p| format!("initramfs = \"{}\"\n", p.display()))
+                .unwrap_or_default(),
             vm.console_log().display(),
             vm.console_socket().display(),
         );
@@ -242,7 +257,7 @@ impl TestVm {
         let config = dir.join(format!("{}.toml", spec.name));
         std::fs::write(&config, toml).unwrap();
         let stderr = std::fs::File::create(vm.stderr_path()).unwrap();
-        vm.child = Command::new(env!("CARGO_BIN_EXE_hostd-vmm"))
+        vm.child = Command::new(&vm.spec.vmm)
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
