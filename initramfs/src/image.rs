@@ -40,6 +40,8 @@ pub struct LabExtras {
     pub tests: Vec<(String, PathBuf)>,
     /// Host programs, with their shared libraries.
     pub host_programs: Vec<HostProgram>,
+    /// Modules the lab guest's initramfs loads (from the same kernel).
+    pub guest_modules: Vec<WantedModule>,
 }
 
 impl LabExtras {
@@ -51,6 +53,7 @@ impl LabExtras {
         Ok(Self {
             tests,
             host_programs: vec![ip],
+            guest_modules: crate::modules::GUEST_MODULES.to_vec(),
         })
     }
 }
@@ -81,7 +84,10 @@ impl ImageConfig {
 }
 
 /// The lab guest's initramfs: busybox and an init that says it started and powers off.
-fn guest_initramfs(busybox: Vec<u8>) -> Result<Vec<u8>, ImageError> {
+fn guest_initramfs(
+    busybox: Vec<u8>,
+    modules: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<u8>, ImageError> {
     let mut a = Archive::new();
     a.add(
         "dev/console",
@@ -98,9 +104,19 @@ fn guest_initramfs(busybox: Vec<u8>) -> Result<Vec<u8>, ImageError> {
             data: busybox,
         },
     )?;
-    let init = format!(
-        "#!/bin/busybox sh\n/bin/busybox echo \"{GUEST_INIT_LINE}\"\n/bin/busybox poweroff -f\n"
-    );
+    let mut insmods = String::new();
+    for (name, data) in modules {
+        insmods.push_str(&format!(
+            "$B insmod /lib/modules/{name}.ko || $B echo \"lab-guest: insmod {name} failed\"\n"
+        ));
+        a.add(
+            &format!("lib/modules/{name}.ko"),
+            Node::File { mode: 0o644, data },
+        )?;
+    }
+    let init = GUEST_INIT
+        .replace("{INIT_LINE}", GUEST_INIT_LINE)
+        .replace("{INSMODS}", &insmods);
     a.add(
         "init",
         Node::File {
@@ -110,6 +126,28 @@ fn guest_initramfs(busybox: Vec<u8>) -> Result<Vec<u8>, ImageError> {
     )?;
     Ok(compress(&a.write_newc(Vec::new())?, DEFAULT_ZSTD_LEVEL)?)
 }
+
+/// The lab guest's init: says it started, loads the virtio-mmio disk drivers, reads the
+/// disk's first 16 bytes (the test's signature) and writes `written-by-guest` at byte 512,
+/// then powers off. hostd/vmm/tests/lab_linux.rs checks both directions.
+const GUEST_INIT: &str = r#"#!/bin/busybox sh
+B=/bin/busybox
+$B mkdir -p /proc /sys /dev
+$B mount -t proc proc /proc
+$B mount -t devtmpfs devtmpfs /dev
+$B echo "{INIT_LINE}"
+{INSMODS}i=0
+while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do $B usleep 100000; i=$((i + 1)); done
+if [ -b /dev/vda ]; then
+    $B echo "lab-guest: disk says $($B dd if=/dev/vda bs=16 count=1 2>/dev/null)"
+    $B printf 'written-by-guest' | $B dd of=/dev/vda bs=512 seek=1 conv=notrunc 2>/dev/null
+    $B sync
+    $B echo "lab-guest: disk written"
+else
+    $B echo "lab-guest: no disk"
+fi
+$B poweroff -f
+"#;
 
 /// Default number of 2 MiB hugepages the image reserves at boot.
 pub const DEFAULT_HUGEPAGES: u32 = 64;
@@ -201,10 +239,10 @@ pub fn assemble(config: &ImageConfig) -> Result<Archive, ImageError> {
         let path = config.inputs.modules_dir.join(name);
         Ok(String::from_utf8_lossy(&read_input("module index", &path)?).into_owned())
     };
-    let resolved = ModuleIndex::parse(&dep_text)?
+    let index = ModuleIndex::parse(&dep_text)?
         .with_softdeps(&read_text("modules.softdep")?)
-        .with_aliases(&read_text("modules.alias")?)
-        .resolve(&config.modules)?;
+        .with_aliases(&read_text("modules.alias")?);
+    let resolved = index.resolve(&config.modules)?;
     for m in &resolved {
         let data = modules::read_module(&config.inputs.modules_dir, &m.rel_path)?;
         a.add(
@@ -278,7 +316,15 @@ pub fn assemble(config: &ImageConfig) -> Result<Archive, ImageError> {
                 data: read_input("kernel image", &config.inputs.vmlinuz)?,
             },
         )?;
-        let guest = guest_initramfs(read_input("busybox", &config.inputs.busybox)?)?;
+        let mut guest_modules = Vec::new();
+        for m in index.resolve(&lab.guest_modules)? {
+            let data = modules::read_module(&config.inputs.modules_dir, &m.rel_path)?;
+            guest_modules.push((m.name.clone(), data));
+        }
+        let guest = guest_initramfs(
+            read_input("busybox", &config.inputs.busybox)?,
+            guest_modules,
+        )?;
         a.add(
             &format!("{LAB_DIR}/guest-initramfs.cpio.zst"),
             Node::File {
@@ -464,6 +510,11 @@ mod tests {
                 source: dir.path().join("busybox"),
                 libraries: vec![dir.path().join("bin/hw-test")],
             }],
+            guest_modules: vec![WantedModule {
+                name: "b",
+                may_fail: false,
+                cpu_flag: None,
+            }],
         });
         let archive = assemble(&config).unwrap();
         let files: BTreeMap<&str, &Node> =
@@ -488,6 +539,9 @@ mod tests {
         };
         let guest =
             String::from_utf8_lossy(&zstd::decode_all(data.as_slice()).unwrap()).into_owned();
+        assert!(
+            guest.contains("lib/modules/b.ko") && guest.contains("$B insmod /lib/modules/b.ko")
+        );
         assert!(
             guest.contains(GUEST_INIT_LINE) && guest.contains("bin/busybox"),
             "{guest}"

@@ -66,6 +66,10 @@ pub const APPLIANCE_MODULES: &[WantedModule] = &[
     required("ext4"),
 ];
 
+/// What the lab's Linux guest (of our VMM) loads: its virtio-mmio disk's drivers (Debian
+/// builds them as modules).
+pub const GUEST_MODULES: &[WantedModule] = &[required("virtio_mmio"), required("virtio_blk")];
+
 /// A module resolved to its file, in load order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedModule {

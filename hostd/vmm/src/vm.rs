@@ -18,7 +18,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::boot::{self, BootError, BootImage, EntryMode, cpuid};
+use crate::boot::{self, BootError, BootImage, EntryMode, VirtioMmioSlot, cpuid};
 use crate::config::VmConfig;
 use crate::cores::{self, CoreError, CoreLock};
 use crate::devices::acpi_pm::{self, AcpiPm, InterruptLine};
@@ -169,20 +169,9 @@ impl Vm {
         cores::pin_current_thread(&housekeeping)?;
 
         let vcpu_count = config.vcpu_cores.len() as u8;
-        let mut cmdline = boot::cmdline(&config.kernel.cmdline)?;
+        let cmdline = boot::cmdline(&config.kernel.cmdline)?;
         let disk = match &config.disk {
-            Some(disk) => {
-                let block = Block::open(&disk.path, disk.read_only)?;
-                cmdline
-                    .add_virtio_mmio_device(
-                        layout::VIRTIO_MMIO_SIZE,
-                        vm_memory::GuestAddress(layout::VIRTIO_MMIO_BASE),
-                        layout::VIRTIO_MMIO_FIRST_GSI,
-                        None,
-                    )
-                    .map_err(BootError::Cmdline)?;
-                Some(block)
-            }
+            Some(disk) => Some(Block::open(&disk.path, disk.read_only)?),
             None => None,
         };
         let mut boot = BootImage::open(
@@ -192,6 +181,16 @@ impl Vm {
             vcpu_count,
             config.memory_bytes(),
         )?;
+        if disk.is_some() {
+            // Announced in the DSDT (`LNRO0005`): distribution kernels such as Debian's are
+            // built without virtio-mmio command-line devices, but every ACPI kernel with
+            // virtio-mmio finds it there.
+            boot.add_virtio_mmio(VirtioMmioSlot {
+                base: layout::VIRTIO_MMIO_BASE,
+                size: layout::VIRTIO_MMIO_SIZE,
+                gsi: layout::VIRTIO_MMIO_FIRST_GSI,
+            });
+        }
         let console_log = ConsoleLog::open(&config.console.log, config.console.log_max_bytes)
             .map_err(|source| StartError::ConsoleLog {
                 path: config.console.log.clone(),

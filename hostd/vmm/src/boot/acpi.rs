@@ -1,6 +1,6 @@
 //! ACPI tables (docs/VMM.md "Devices"): RSDP at the start of the `0xE0000` area so the
 //! legacy scan finds it, then XSDT, FADT (PM1a blocks, SCI 9, no CMOS RTC, no 8042),
-//! DSDT (`\_S5`, the PCI host bridge `\_SB.PCI0`), MADT (one enabled local APIC per vCPU,
+//! DSDT (`\_S5`, the PCI host bridge `\_SB.PCI0`, virtio-mmio devices `\_SB.VRnn`), MADT (one enabled local APIC per vCPU,
 //! the IOAPIC, SCI override) and MCFG (the PCI segment's ECAM, [`crate::pci::acpi`]).
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -13,7 +13,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::devices::acpi_pm::{PM1A_CNT_PORT, PM1A_EVT_PORT, S5_SLP_TYP, SCI_IRQ};
 use crate::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
 
-use super::BootError;
+use super::{BootError, VirtioMmioSlot};
 
 const OEM_ID: [u8; 6] = *b"HOSTD ";
 const OEM_TABLE_ID: [u8; 8] = *b"HOSTDVMM";
@@ -42,8 +42,8 @@ fn align16(addr: u64) -> u64 {
     (addr + 15) & !15
 }
 
-/// Builds the tables for `vcpus` processors (APIC ids 0..vcpus).
-pub fn build(vcpus: u8) -> Result<AcpiTables, BootError> {
+/// Builds the tables for `vcpus` processors (APIC ids 0..vcpus) and the virtio-mmio devices.
+pub fn build(vcpus: u8, virtio_mmio: &[VirtioMmioSlot]) -> Result<AcpiTables, BootError> {
     let mut tables = Vec::new();
     let mut next = align16(RSDP_ADDR.0 + Rsdp::len() as u64);
     let mut place = |bytes: Vec<u8>| {
@@ -52,7 +52,7 @@ pub fn build(vcpus: u8) -> Result<AcpiTables, BootError> {
         (GuestAddress(addr), bytes)
     };
 
-    let dsdt = place(dsdt());
+    let dsdt = place(dsdt(virtio_mmio));
     let fadt = place(fadt(dsdt.0.0));
     let madt = place(madt(vcpus));
     let mcfg = place(crate::pci::acpi::mcfg(OEM_ID, OEM_TABLE_ID, OEM_REVISION));
@@ -91,7 +91,24 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
-fn dsdt() -> Vec<u8> {
+/// `\_SB.VRnn`: a virtio-mmio device the Linux driver matches by `_HID` `LNRO0005`, with its
+/// register window and its (edge, active-high) interrupt.
+fn virtio_mmio_aml(index: usize, slot: &VirtioMmioSlot) -> Vec<u8> {
+    let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+    let uid = aml::Name::new("_UID".into(), &(index as u32));
+    let window = aml::Memory32Fixed::new(true, slot.base as u32, slot.size as u32);
+    let irq = aml::Interrupt::new(true, true, false, false, slot.gsi);
+    let resources = aml::ResourceTemplate::new(vec![&window, &irq]);
+    let crs = aml::Name::new("_CRS".into(), &resources);
+    let device = aml::Device::new(
+        format!("VR{index:02}").as_str().into(),
+        vec![&hid, &uid, &crs],
+    );
+    let scope = aml::Scope::new("\\_SB_".into(), vec![&device]);
+    to_bytes(&scope)
+}
+
+fn dsdt(virtio_mmio: &[VirtioMmioSlot]) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // \_S5: SLP_TYP for PM1a and PM1b, then two reserved values.
     let s5 = aml::Name::new(
@@ -100,6 +117,9 @@ fn dsdt() -> Vec<u8> {
     );
     dsdt.append_slice(&to_bytes(&s5));
     dsdt.append_slice(&crate::pci::acpi::root_bridge_aml());
+    for (index, slot) in virtio_mmio.iter().enumerate() {
+        dsdt.append_slice(&virtio_mmio_aml(index, slot));
+    }
     dsdt.update_checksum();
     dsdt.as_slice().to_vec()
 }
@@ -158,7 +178,7 @@ mod tests {
 
     #[test]
     fn tables_fit_and_checksum() {
-        let tables = build(4).unwrap();
+        let tables = build(4, &[]).unwrap();
         let (rsdp_addr, rsdp) = &tables.tables[0];
         assert_eq!(*rsdp_addr, GuestAddress(0xE0000));
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -168,12 +188,12 @@ mod tests {
             assert_eq!(u32_at(table, 4) as usize, table.len());
             assert!(addr.0 + table.len() as u64 <= ACPI_END);
         }
-        assert!(build(254).is_ok());
+        assert!(build(254, &[]).is_ok());
     }
 
     #[test]
     fn madt_has_one_enabled_lapic_per_vcpu_and_the_sci_override() {
-        let tables = build(3).unwrap();
+        let tables = build(3, &[]).unwrap();
         let madt = &tables
             .tables
             .iter()
@@ -198,7 +218,7 @@ mod tests {
 
     #[test]
     fn fadt_points_at_pm1a_blocks_and_dsdt_has_s5() {
-        let tables = build(1).unwrap();
+        let tables = build(1, &[]).unwrap();
         let find = |sig: &[u8]| tables.tables.iter().find(|(_, t)| &t[..4] == sig).unwrap();
         let fadt = &find(b"FACP").1;
         assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), 9, "SCI_INT");
@@ -210,6 +230,10 @@ mod tests {
         assert_eq!(x_dsdt, dsdt_addr.0);
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+        assert!(
+            !dsdt.windows(8).any(|w| w == b"LNRO0005"),
+            "no disk, no virtio device"
+        );
         // The XSDT lists the FADT, the MADT and the MCFG.
         let xsdt = &find(b"XSDT").1;
         let entries: Vec<u64> = xsdt[36..]
@@ -220,5 +244,28 @@ mod tests {
             entries,
             [find(b"FACP").0.0, find(b"APIC").0.0, find(b"MCFG").0.0]
         );
+    }
+
+    #[test]
+    fn a_virtio_mmio_device_is_described_with_its_window_and_interrupt() {
+        let slot = VirtioMmioSlot {
+            base: 0xD000_0000,
+            size: 0x1000,
+            gsi: 5,
+        };
+        let tables = build(1, &[slot]).unwrap();
+        let dsdt = &tables
+            .tables
+            .iter()
+            .find(|(_, t)| &t[..4] == b"DSDT")
+            .unwrap()
+            .1;
+        assert!(checksum_ok(dsdt));
+        let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"VR00") && has(b"LNRO0005"));
+        // Memory32Fixed (0x86, length 9): read-write, base 0xD0000000, length 0x1000.
+        assert!(has(&[0x86, 9, 0, 1, 0, 0, 0, 0xD0, 0, 0x10, 0, 0]));
+        // Extended interrupt (0x89, length 6): consumer + edge (flags 0b11), one interrupt, 5.
+        assert!(has(&[0x89, 6, 0, 0b11, 1, 5, 0, 0, 0]));
     }
 }

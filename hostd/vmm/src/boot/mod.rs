@@ -161,6 +161,19 @@ pub struct BootImage {
     /// Guest range the last load wrote the kernel to, zeroed before the next load so an ELF's
     /// BSS starts zeroed after a reset too.
     loaded_range: Option<(u64, u64)>,
+    /// virtio-mmio devices to describe in the DSDT.
+    virtio_mmio: Vec<VirtioMmioSlot>,
+}
+
+/// A virtio-mmio device's register window and interrupt, as the guest's ACPI tables describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmioSlot {
+    /// Guest-physical base of its registers.
+    pub base: u64,
+    /// Size of its register window.
+    pub size: u64,
+    /// Its interrupt (an ISA IRQ on the IOAPIC: edge, active high).
+    pub gsi: u32,
 }
 
 impl BootImage {
@@ -194,7 +207,13 @@ impl BootImage {
             vcpus,
             ram_bytes,
             loaded_range: None,
+            virtio_mmio: Vec::new(),
         })
+    }
+
+    /// Adds a virtio-mmio device for the guest's ACPI tables to describe.
+    pub fn add_virtio_mmio(&mut self, slot: VirtioMmioSlot) {
+        self.virtio_mmio.push(slot);
     }
 
     /// The kernel format.
@@ -208,7 +227,7 @@ impl BootImage {
             zero(memory, start, end)?;
         }
         cpu::write_tables(memory)?;
-        let acpi = acpi::build(self.vcpus)?;
+        let acpi = acpi::build(self.vcpus, &self.virtio_mmio)?;
         acpi.write(memory)?;
         linux_loader::loader::load_cmdline(memory, CMDLINE, &self.cmdline).map_err(|source| {
             BootError::Load {
