@@ -83,11 +83,9 @@ impl ImageConfig {
     }
 }
 
-/// The lab guest's initramfs: busybox and an init that says it started and powers off.
-fn guest_initramfs(
-    busybox: Vec<u8>,
-    modules: Vec<(String, Vec<u8>)>,
-) -> Result<Vec<u8>, ImageError> {
+/// What every initramfs of ours starts from: busybox, and `/dev/console`, which the kernel
+/// opens for init before anything mounts devtmpfs.
+fn busybox_root(busybox: Vec<u8>) -> Result<Archive, ImageError> {
     let mut a = Archive::new();
     a.add(
         "dev/console",
@@ -104,6 +102,15 @@ fn guest_initramfs(
             data: busybox,
         },
     )?;
+    Ok(a)
+}
+
+/// The lab guest's initramfs: busybox, the modules, and [`GUEST_INIT`].
+fn guest_initramfs(
+    busybox: Vec<u8>,
+    modules: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<u8>, ImageError> {
+    let mut a = busybox_root(busybox)?;
     let mut insmods = String::new();
     for (name, data) in modules {
         insmods.push_str(&format!(
@@ -202,7 +209,7 @@ fn read_input(what: &'static str, path: &Path) -> Result<Vec<u8>, ImageError> {
 
 /// Assembles the image's archive.
 pub fn assemble(config: &ImageConfig) -> Result<Archive, ImageError> {
-    let mut a = Archive::new();
+    let mut a = busybox_root(read_input("busybox", &config.inputs.busybox)?)?;
     for dir in [
         "proc", "sys", "dev", "run", "tmp", "var/log", "data", "root", "sbin", "usr/sbin",
     ] {
@@ -210,22 +217,6 @@ pub fn assemble(config: &ImageConfig) -> Result<Archive, ImageError> {
     }
     a.add("tmp", Node::Dir { mode: 0o1777 })?;
     a.add("root", Node::Dir { mode: 0o700 })?;
-    // The kernel opens /dev/console for init before anything mounts devtmpfs.
-    a.add(
-        "dev/console",
-        Node::CharDev {
-            mode: 0o600,
-            major: 5,
-            minor: 1,
-        },
-    )?;
-    a.add(
-        "bin/busybox",
-        Node::File {
-            mode: 0o755,
-            data: read_input("busybox", &config.inputs.busybox)?,
-        },
-    )?;
     a.add(
         "bin/sh",
         Node::Symlink {
