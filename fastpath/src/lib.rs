@@ -4,6 +4,7 @@
 //! - [`pool`]: the frame buffers, allocated once per poll thread.
 //! - [`pipeline`]: parse, VLAN, L2 learning/flooding, ACL, mirror, rate limit, counters.
 //! - [`config`]: validation of a configuration into an immutable `Plan`.
+//! - [`lane`]: the kernel flow lane (decided flows forwarded by a tc program).
 //! - [`runtime`]: pinned poll threads and the RCU-style plan swap.
 //! - [`control`]: the control socket and its wire types.
 //!
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod control;
+pub mod lane;
 pub mod pipeline;
 pub mod pool;
 pub mod port;

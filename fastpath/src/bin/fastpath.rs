@@ -67,6 +67,9 @@ struct ForwardArgs {
     /// Threaded NAPI on both interfaces, NAPI threads pinned to --cpu.
     #[arg(long)]
     napi_threads: bool,
+    /// Kernel flow lane (AF_PACKET ports): decided flows are forwarded by a tc program.
+    #[arg(long)]
+    flow_offload: bool,
     /// AF_XDP preferred busy polling (the poll thread runs the NAPI receive itself).
     #[arg(long)]
     busy_poll: bool,
@@ -146,6 +149,7 @@ fn forward_config(args: &ForwardArgs) -> Config {
                 Idle::Sleep => IdlePolicy::Sleep,
             },
             napi_threads: args.napi_threads,
+            flow_offload: args.flow_offload,
         }],
         ..Config::default()
     }

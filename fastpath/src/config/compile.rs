@@ -260,6 +260,7 @@ pub fn compile(config: &Config) -> Result<Plan, ConfigError> {
             ports,
             idle: core.idle,
             napi_threads: core.napi_threads,
+            flow_offload: core.flow_offload,
         });
     }
     for (i, p) in config.ports.iter().enumerate() {
@@ -426,6 +427,7 @@ mod tests {
                 ports: vec!["a".into(), "b".into()],
                 idle: IdlePolicy::Spin,
                 napi_threads: false,
+                flow_offload: false,
             }],
             ..Config::default()
         }
@@ -511,12 +513,14 @@ mod tests {
                 ports: vec!["a".into()],
                 idle: IdlePolicy::Spin,
                 napi_threads: false,
+                flow_offload: false,
             },
             CoreConfig {
                 cpu: 1,
                 ports: vec!["b".into()],
                 idle: IdlePolicy::Spin,
                 napi_threads: false,
+                flow_offload: false,
             },
         ];
         assert!(matches!(

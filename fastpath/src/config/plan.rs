@@ -84,6 +84,8 @@ pub struct CorePlan {
     pub idle: IdlePolicy,
     /// Threaded NAPI pinned to `cpu` for the ports' interfaces.
     pub napi_threads: bool,
+    /// Kernel flow lane for the AF_PACKET ports.
+    pub flow_offload: bool,
 }
 
 /// The compiled configuration.

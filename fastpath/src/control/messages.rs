@@ -45,6 +45,11 @@ pub struct CoreConfig {
     /// into the UMEM) runs on the fast-path core instead of the sender's.
     #[serde(default)]
     pub napi_threads: bool,
+    /// Kernel flow lane for this core's AF_PACKET ports: flows the pipeline has decided
+    /// (known unicast, no ACL, mirror, rate limit or tag change on the way) are forwarded by
+    /// a tc program from then on, without a copy to user space (docs/FASTPATH.md).
+    #[serde(default)]
+    pub flow_offload: bool,
 }
 
 /// What a poll thread does after an empty poll round.
@@ -430,6 +435,12 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Drops attributed to this port, by reason (only non-zero reasons).
     pub drops: Vec<(DropReason, u64)>,
+    /// Of `rx_packets`: frames the kernel flow lane forwarded without user space.
+    #[serde(default)]
+    pub lane_rx_packets: u64,
+    /// Of `tx_packets`: frames the kernel flow lane sent.
+    #[serde(default)]
+    pub lane_tx_packets: u64,
 }
 
 impl PortStats {

@@ -332,62 +332,124 @@ impl Acl {
     }
 }
 
-/// Direct-mapped cache of ACL verdicts for recent flows of one port and direction.
-#[derive(Debug, Clone)]
+/// Two-way set-associative cache of ACL verdicts for recent flows of one port and
+/// direction. A set is two 48-byte slots on one 128-byte aligned block (two adjacent cache
+/// lines), so a probe costs at most one line pair. The full key is stored and compared: a cached verdict is
+/// never applied to another flow.
+#[derive(Debug, Clone, Default)]
 pub struct FlowCache {
-    slots: Box<[(FlowKey, u8)]>,
+    /// Empty until the port has an ACL in that direction (`ensure`).
+    sets: Box<[CacheSet]>,
 }
 
-const CACHE_SLOTS: usize = 2048;
+/// Sets per cache (4096 slots: 1024 flows in rotation keep ~90 % hits).
+const CACHE_SETS: usize = 2048;
 const SLOT_EMPTY: u8 = 0;
 const SLOT_ALLOW: u8 = 1;
 const SLOT_DENY: u8 = 2;
 
-impl Default for FlowCache {
-    fn default() -> Self {
-        Self {
-            slots: vec![(FlowKey::default(), SLOT_EMPTY); CACHE_SLOTS].into_boxed_slice(),
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(16))]
+struct CacheSlot {
+    src: u128,
+    dst: u128,
+    /// sport << 16 | dport.
+    ports: u32,
+    proto: u8,
+    verdict: u8,
 }
 
-impl FlowCache {
-    /// Forgets every verdict (after the rules changed).
-    pub fn clear(&mut self) {
-        self.slots.iter_mut().for_each(|s| s.1 = SLOT_EMPTY);
+impl CacheSlot {
+    const EMPTY: Self = Self {
+        src: 0,
+        dst: 0,
+        ports: 0,
+        proto: 0,
+        verdict: SLOT_EMPTY,
+    };
+
+    #[inline(always)]
+    fn of(key: &FlowKey, verdict: u8) -> Self {
+        Self {
+            src: key.src,
+            dst: key.dst,
+            ports: u32::from(key.sport) << 16 | u32::from(key.dport),
+            proto: key.proto,
+            verdict,
+        }
     }
 
     #[inline(always)]
-    fn slot(key: &FlowKey) -> usize {
+    fn matches(&self, probe: &Self) -> bool {
+        self.verdict != SLOT_EMPTY
+            && self.src == probe.src
+            && self.dst == probe.dst
+            && self.ports == probe.ports
+            && self.proto == probe.proto
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(128))]
+struct CacheSet([CacheSlot; 2]);
+
+const _: () = assert!(std::mem::size_of::<CacheSet>() == 128);
+
+impl FlowCache {
+    /// Allocates the cache if `needed` and not done yet; frees it if not `needed`.
+    pub fn ensure(&mut self, needed: bool) {
+        if !needed {
+            self.sets = Box::default();
+        } else if self.sets.is_empty() {
+            self.sets = vec![CacheSet([CacheSlot::EMPTY; 2]); CACHE_SETS].into_boxed_slice();
+        }
+    }
+
+    /// Forgets every verdict (after the rules changed).
+    pub fn clear(&mut self) {
+        self.sets.fill(CacheSet([CacheSlot::EMPTY; 2]));
+    }
+
+    #[inline(always)]
+    fn set_index(key: &FlowKey) -> usize {
         let h = (key.src as u64)
             ^ ((key.src >> 64) as u64).rotate_left(17)
             ^ (key.dst as u64).rotate_left(31)
             ^ ((key.dst >> 64) as u64).rotate_left(47)
             ^ (u64::from(key.sport) << 16 | u64::from(key.dport) | u64::from(key.proto) << 32);
-        (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CACHE_SLOTS.trailing_zeros())) as usize
+        (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CACHE_SETS.trailing_zeros())) as usize
     }
 
     /// Verdict of `acl` for `key`, from the cache when possible.
     #[inline(always)]
     pub fn classify(&mut self, acl: &Acl, key: &FlowKey) -> AclAction {
-        let i = Self::slot(key);
-        let slot = &mut self.slots[i];
-        if slot.1 != SLOT_EMPTY && slot.0 == *key {
-            return if slot.1 == SLOT_ALLOW {
-                AclAction::Allow
-            } else {
-                AclAction::Deny
-            };
+        let probe = CacheSlot::of(key, SLOT_ALLOW);
+        let Some(set) = self.sets.get_mut(Self::set_index(key)) else {
+            return acl.classify(key);
+        };
+        for slot in &set.0 {
+            if slot.matches(&probe) {
+                return if slot.verdict == SLOT_ALLOW {
+                    AclAction::Allow
+                } else {
+                    AclAction::Deny
+                };
+            }
         }
         let verdict = acl.classify(key);
-        *slot = (
-            *key,
+        let fresh = CacheSlot::of(
+            key,
             if verdict == AclAction::Allow {
                 SLOT_ALLOW
             } else {
                 SLOT_DENY
             },
         );
+        // The newest flow goes to way 0; the one it displaces moves to way 1.
+        if set.0[0].verdict != SLOT_EMPTY {
+            set.0[1] = set.0[0];
+        }
+        set.0[0] = fresh;
         verdict
     }
 }
@@ -562,6 +624,7 @@ mod tests {
         r.protocol = Some(6);
         let acl = Acl::compile(&[r], AclAction::Deny).unwrap();
         let mut cache = FlowCache::default();
+        cache.ensure(true);
         for i in 0..2000u16 {
             let tcp = key4([1, 1, 1, 1], [2, 2, 2, 2], 6, i, 80);
             let udp = key4([1, 1, 1, 1], [2, 2, 2, 2], 17, i, 80);

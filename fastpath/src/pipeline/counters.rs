@@ -56,6 +56,8 @@ impl PortCounters {
                 .map(|r| (*r, self.drops[*r as usize].load(Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
+            lane_rx_packets: 0,
+            lane_tx_packets: 0,
         }
     }
 }

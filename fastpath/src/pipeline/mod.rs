@@ -16,11 +16,12 @@ use std::sync::Arc;
 
 use crate::config::plan::{Plan, PortId, fdb_key};
 use crate::control::messages::{AclAction, DropReason};
+use crate::lane::{LaneKey, Offer};
 use crate::pool::{Frame, FramePool};
 use acl::{Acl, FlowCache};
 use counters::Counters;
 use fdb::Fdb;
-use parse::{L3, is_multicast, parse_eth, parse_l3};
+use parse::{EthHeader, L3, is_multicast, parse_eth, parse_l3};
 use ratelimit::TokenBucket;
 
 /// Most frames a port hands over per poll.
@@ -44,6 +45,22 @@ pub struct Switch {
     ports: Vec<PortState>,
     counters: Arc<Counters>,
     tx: Vec<Vec<Frame>>,
+    lane: LaneState,
+}
+
+/// What the switch knows of the kernel flow lane (`crate::lane`).
+#[derive(Debug, Default)]
+struct LaneState {
+    /// Per port: the lane's tc program runs on its netdev.
+    attached: Vec<bool>,
+    /// Per port: a kernel netdev the lane can send to.
+    target: Vec<bool>,
+    /// Per port, under the current plan: flows coming in here may be offered.
+    offer_in: Vec<bool>,
+    /// Per port, under the current plan: flows going out here may be offered.
+    offer_out: Vec<bool>,
+    /// Flows offered during the last `process` calls, taken by the poll thread.
+    offers: Vec<Offer>,
 }
 
 /// Verdict of an ACL for a frame, using (and filling) the port's flow cache.
@@ -72,6 +89,7 @@ impl Switch {
             tx: (0..plan.ports.len())
                 .map(|_| Vec::with_capacity(TX_QUEUE_CAP))
                 .collect(),
+            lane: LaneState::default(),
         };
         s.apply_plan(plan, now_ns);
         s
@@ -90,12 +108,73 @@ impl Switch {
                 .get(usize::from(port))
                 .is_some_and(|p| p.vlan.allowed.contains((key >> 48) as u16))
         });
+        self.lane_eligibility(plan);
         for (state, p) in self.ports.iter_mut().zip(&plan.ports) {
+            state.acl_in_cache.ensure(p.acl_in.is_some());
+            state.acl_out_cache.ensure(p.acl_out.is_some());
             state.acl_in_cache.clear();
             state.acl_out_cache.clear();
             state.rx_bucket = p.rx_limit.as_ref().map(|l| TokenBucket::new(l, now_ns));
             state.tx_bucket = p.tx_limit.as_ref().map(|l| TokenBucket::new(l, now_ns));
         }
+    }
+
+    /// Turns on offers to the kernel flow lane: `attached[p]` when the lane's tc program runs
+    /// on port p's netdev, `target[p]` when the lane can send to it.
+    pub fn enable_lane(&mut self, plan: &Plan, attached: Vec<bool>, target: Vec<bool>) {
+        self.lane.attached = attached;
+        self.lane.target = target;
+        self.lane.offers = Vec::with_capacity(BURST);
+        self.fdb.track_changes(true);
+        self.lane_eligibility(plan);
+    }
+
+    /// Which ports may take part in offered flows under `plan`: nothing on the way that needs
+    /// user space for every frame (ACL, mirror, policer).
+    fn lane_eligibility(&mut self, plan: &Plan) {
+        let lane = &mut self.lane;
+        lane.offer_in = plan
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                lane.attached.get(i).copied().unwrap_or(false)
+                    && p.acl_in.is_none()
+                    && p.mirror_rx.is_empty()
+                    && p.rx_limit.is_none()
+            })
+            .collect();
+        lane.offer_out = plan
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                lane.target.get(i).copied().unwrap_or(false)
+                    && p.acl_out.is_none()
+                    && p.mirror_tx.is_empty()
+                    && p.tx_limit.is_none()
+            })
+            .collect();
+        lane.offers.clear();
+    }
+
+    /// Flows offered to the kernel lane since the last call.
+    pub fn take_offers(&mut self) -> impl Iterator<Item = Offer> + '_ {
+        self.lane.offers.drain(..)
+    }
+
+    /// FDB keys learned, moved or removed since the last call (only while the lane is on).
+    pub fn take_fdb_changes(&mut self, out: &mut Vec<u64>) {
+        out.clear();
+        if self.fdb.has_changes() {
+            out.extend(self.fdb.take_changes());
+        }
+    }
+
+    /// Refreshes a learned FDB entry the lane saw traffic from; false if `key` is no longer
+    /// on `port`.
+    pub fn refresh_learned(&mut self, key: u64, port: PortId, now_ns: u64) -> bool {
+        self.fdb.refresh(key, port, (now_ns / 1_000_000_000) as u32)
     }
 
     /// Learned L2 entries.
@@ -237,13 +316,30 @@ impl Switch {
                 Some(out) if out == in_port => {
                     self.drop_frame(pool, in_port, frame, DropReason::NoDestination)
                 }
-                Some(out) => self.egress(plan, pool, out, frame, vlan, has_tag, &mut l3, now_ns),
+                Some(out) => {
+                    if self.lane.offer_in.get(ip).copied() == Some(true)
+                        && self.lane.offer_out.get(usize::from(out)).copied() == Some(true)
+                    {
+                        self.offer(plan, in_port, out, &eth, vlan);
+                    }
+                    self.egress(plan, pool, out, frame, vlan, has_tag, &mut l3, now_ns)
+                }
                 None => {
                     let members = plan.flood_members(vlan);
                     let others = members.iter().filter(|&&m| m != in_port).count();
                     if others == 0 {
                         self.drop_frame(pool, in_port, frame, DropReason::NoDestination);
                         continue;
+                    }
+                    if others == 1 && self.lane.offer_in.get(ip).copied() == Some(true) {
+                        // A flood to exactly one port is a single forward: the kernel lane
+                        // can repeat it until the destination is learned or the VLAN's
+                        // membership changes.
+                        if let Some(&out) = members.iter().find(|&&m| m != in_port)
+                            && self.lane.offer_out.get(usize::from(out)).copied() == Some(true)
+                        {
+                            self.offer(plan, in_port, out, &eth, vlan);
+                        }
                     }
                     let mut left = others;
                     for &out in members.iter().filter(|&&m| m != in_port) {
@@ -265,6 +361,42 @@ impl Switch {
                     }
                 }
             }
+        }
+    }
+
+    /// Offers a forwarded flow (known unicast, or flooded to a single port) to the kernel
+    /// lane if its egress leaves the tag as it is and its source is learned on the in port
+    /// (so the kernel's copy of the decision is the pipeline's).
+    #[cold]
+    fn offer(&mut self, plan: &Plan, in_port: PortId, out: PortId, eth: &EthHeader, vlan: u16) {
+        let Some(op) = plan.ports.get(usize::from(out)) else {
+            return;
+        };
+        let tagged_out = op.vlan.untagged != Some(vlan);
+        if eth.tci.is_some() != tagged_out || is_multicast(eth.src) {
+            return;
+        }
+        let src_fdb = fdb_key(eth.src, vlan);
+        if self.fdb.lookup(src_fdb) != Some(in_port) {
+            return;
+        }
+        let mac = |m: u64| {
+            let b = m.to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        };
+        let offer = Offer {
+            key: LaneKey {
+                dst: mac(eth.dst),
+                src: mac(eth.src),
+                tci: eth.tci.unwrap_or(0),
+                in_port,
+            },
+            out,
+            src_fdb,
+            dst_fdb: fdb_key(eth.dst, vlan),
+        };
+        if self.lane.offers.last() != Some(&offer) && self.lane.offers.len() < BURST {
+            self.lane.offers.push(offer);
         }
     }
 
@@ -324,5 +456,7 @@ impl Switch {
     }
 }
 
+#[cfg(test)]
+mod lane_tests;
 #[cfg(test)]
 mod tests;

@@ -10,12 +10,12 @@ use crate::config::{Plan, PortId, compile};
 use crate::control::messages::*;
 use crate::pool::FramePool;
 
-const A: u64 = 0x0200_0000_000a;
-const B: u64 = 0x0200_0000_000b;
-const C: u64 = 0x0200_0000_000c;
-const BCAST: u64 = 0xffff_ffff_ffff;
+pub(super) const A: u64 = 0x0200_0000_000a;
+pub(super) const B: u64 = 0x0200_0000_000b;
+pub(super) const C: u64 = 0x0200_0000_000c;
+pub(super) const BCAST: u64 = 0xffff_ffff_ffff;
 
-fn port(name: &str, vlan: VlanMode) -> PortConfig {
+pub(super) fn port(name: &str, vlan: VlanMode) -> PortConfig {
     PortConfig {
         name: name.into(),
         backend: PortBackend::Memory,
@@ -28,11 +28,11 @@ fn port(name: &str, vlan: VlanMode) -> PortConfig {
     }
 }
 
-fn access(v: u16) -> VlanMode {
+pub(super) fn access(v: u16) -> VlanMode {
     VlanMode::Access { vlan: v }
 }
 
-fn config(ports: Vec<PortConfig>) -> Config {
+pub(super) fn config(ports: Vec<PortConfig>) -> Config {
     let names = ports.iter().map(|p| p.name.clone()).collect();
     Config {
         ports,
@@ -41,20 +41,21 @@ fn config(ports: Vec<PortConfig>) -> Config {
             ports: names,
             idle: IdlePolicy::Spin,
             napi_threads: false,
+            flow_offload: false,
         }],
         ..Config::default()
     }
 }
 
-struct Harness {
-    plan: Plan,
-    pool: FramePool,
-    sw: Switch,
-    counters: Arc<Counters>,
+pub(super) struct Harness {
+    pub(super) plan: Plan,
+    pub(super) pool: FramePool,
+    pub(super) sw: Switch,
+    pub(super) counters: Arc<Counters>,
 }
 
 impl Harness {
-    fn new(c: Config) -> Self {
+    pub(super) fn new(c: Config) -> Self {
         let plan = compile(&c).unwrap();
         let counters = Arc::new(Counters::new(plan.ports.len()));
         let sw = Switch::new(&plan, counters.clone(), 0);
@@ -66,19 +67,19 @@ impl Harness {
         }
     }
 
-    fn reconfigure(&mut self, c: Config, now_ns: u64) {
+    pub(super) fn reconfigure(&mut self, c: Config, now_ns: u64) {
         self.plan = compile(&c).unwrap();
         self.sw.apply_plan(&self.plan, now_ns);
     }
 
-    fn send(&mut self, port: PortId, data: &[u8], now_ns: u64) {
+    pub(super) fn send(&mut self, port: PortId, data: &[u8], now_ns: u64) {
         let f = self.pool.write_frame(data).unwrap();
         self.sw
             .process(&self.plan, &mut self.pool, port, &[f], now_ns);
     }
 
     /// Drains a port's output queue into byte vectors (and frees the frames).
-    fn out(&mut self, port: PortId) -> Vec<Vec<u8>> {
+    pub(super) fn out(&mut self, port: PortId) -> Vec<Vec<u8>> {
         let frames: Vec<_> = self.sw.tx_queue(port).drain(..).collect();
         frames
             .into_iter()
@@ -90,7 +91,7 @@ impl Harness {
             .collect()
     }
 
-    fn drops(&self, port: PortId, reason: DropReason) -> u64 {
+    pub(super) fn drops(&self, port: PortId, reason: DropReason) -> u64 {
         self.counters
             .port(usize::from(port))
             .read("")
@@ -98,7 +99,7 @@ impl Harness {
     }
 }
 
-fn frame(dst: u64, src: u64) -> Vec<u8> {
+pub(super) fn frame(dst: u64, src: u64) -> Vec<u8> {
     udp4(dst, src, None, [10, 0, 0, 1], [10, 0, 0, 2], 1000, 2000)
 }
 

@@ -149,6 +149,11 @@ impl AfPacketPort {
         })
     }
 
+    /// The packet socket (for the kernel flow lane's filter).
+    pub fn socket(&self) -> &OwnedFd {
+        &self.fd
+    }
+
     fn block(&self, i: u32) -> *mut u8 {
         // SAFETY: i < RX_BLOCK_NR, so the offset stays inside the RX part of the mapping.
         unsafe { self.ring.ptr().add((i * RX_BLOCK_SIZE) as usize) }

@@ -8,7 +8,7 @@ pub mod af_packet;
 pub mod af_xdp;
 pub mod memory;
 pub mod napi;
-mod sys;
+pub(crate) mod sys;
 
 use std::os::fd::RawFd;
 
@@ -71,6 +71,15 @@ pub enum PortError {
         /// What failed.
         #[source]
         source: af_xdp::bpf::BpfError,
+    },
+    /// The kernel flow lane's socket filter could not be attached.
+    #[error("port {port:?}: kernel flow lane")]
+    Lane {
+        /// Port name.
+        port: String,
+        /// What failed.
+        #[source]
+        source: Box<crate::lane::LaneError>,
     },
     /// Memory ports exist only inside a process that embeds the library.
     #[error(

@@ -20,6 +20,17 @@ pub enum NapiError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing rps_cpus failed.
+    #[error(
+        "cannot steer RPS of {ifname} (/sys/class/net/{ifname}/queues/rx-*/rps_cpus); needs root and CONFIG_RPS"
+    )]
+    Rps {
+        /// Interface.
+        ifname: String,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// No NAPI thread showed up.
     #[error("no napi/{ifname}-* kernel thread found after enabling threaded NAPI")]
     NoThreads {
@@ -94,4 +105,54 @@ pub fn pin_napi_threads(ifname: &str, cpu: u32) -> Result<usize, NapiError> {
         });
     }
     Ok(pinned)
+}
+
+/// Steers the receive work of `ifname`'s queues to `cpu` with RPS (for devices without
+/// NAPI, such as a veth with no XDP program: their receive runs in the backlog of the CPU
+/// RPS picks, else in the sender's). Returns how many queues were set.
+pub fn steer_rps(ifname: &str, cpu: u32) -> Result<usize, NapiError> {
+    let dir = format!("/sys/class/net/{ifname}/queues");
+    let err = |source| NapiError::Rps {
+        ifname: ifname.to_string(),
+        source,
+    };
+    let mask = rps_mask(cpu);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).map_err(err)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("rx-") {
+            std::fs::write(entry.path().join("rps_cpus"), &mask).map_err(err)?;
+            n += 1;
+        }
+    }
+    log::info!("{ifname}: RPS of {n} receive queues steered to CPU {cpu}");
+    Ok(n)
+}
+
+/// The rps_cpus bitmap text for one CPU: hex words of 32 bits, comma-separated, highest
+/// first.
+fn rps_mask(cpu: u32) -> String {
+    let words = (cpu / 32 + 1) as usize;
+    (0..words)
+        .rev()
+        .map(|w| {
+            let bits = if w == (cpu / 32) as usize {
+                1u32 << (cpu % 32)
+            } else {
+                0
+            };
+            format!("{bits:08x}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rps_masks_name_one_cpu() {
+        assert_eq!(rps_mask(1), "00000002");
+        assert_eq!(rps_mask(33), "00000002,00000000");
+    }
 }

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{ConfigError, Plan, compile};
+use crate::config::{ConfigError, Plan, PortId, compile};
 use crate::control::messages::{Config, PortStats};
+use crate::lane::LaneCounters;
 use crate::pipeline::counters::Counters;
 use crate::pool::PoolError;
 use crate::port::PortError;
@@ -77,6 +78,15 @@ pub enum StartError {
         #[source]
         source: crate::port::napi::NapiError,
     },
+    /// The kernel flow lane could not be set up.
+    #[error("poll thread for CPU {cpu}: kernel flow lane")]
+    Lane {
+        /// CPU.
+        cpu: u32,
+        /// What failed.
+        #[source]
+        source: crate::lane::LaneError,
+    },
     /// A poll thread died during start.
     #[error("poll thread for CPU {cpu} exited before reporting ready")]
     ThreadDied {
@@ -111,6 +121,8 @@ pub(crate) struct Shared {
     /// Generation each poll thread runs with.
     pub(crate) adopted: Box<[AtomicU64]>,
     pub(crate) epoch: Instant,
+    /// Per core with a kernel flow lane: its ports and the lane's counters.
+    pub(crate) lanes: Mutex<Vec<(Vec<PortId>, Arc<LaneCounters>)>>,
 }
 
 /// A running forwarder.
@@ -146,6 +158,7 @@ impl Fastpath {
             stop: AtomicBool::new(false),
             adopted: (0..plan.cores.len()).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
+            lanes: Mutex::new(Vec::new()),
         });
         let mut memory = HashMap::new();
         let mut threads = Vec::new();
@@ -213,14 +226,32 @@ impl Fastpath {
         self.shared.generation.load(Ordering::Acquire)
     }
 
-    /// Counters of every port, in port order.
+    /// Counters of every port, in port order: the poll threads' plus the frames the kernel
+    /// flow lane forwarded.
     pub fn stats(&self) -> Vec<PortStats> {
         let plan = self.shared.plan.load();
-        plan.ports
+        let mut stats: Vec<PortStats> = plan
+            .ports
             .iter()
             .enumerate()
             .map(|(i, p)| self.shared.counters.port(i).read(&p.name))
-            .collect()
+            .collect();
+        if let Ok(lanes) = self.shared.lanes.lock() {
+            for (ports, counters) in lanes.iter() {
+                for &p in ports {
+                    let k = counters.read(p);
+                    if let Some(s) = stats.get_mut(usize::from(p)) {
+                        s.rx_packets += k.rx_packets;
+                        s.rx_bytes += k.rx_bytes;
+                        s.tx_packets += k.tx_packets;
+                        s.tx_bytes += k.tx_bytes;
+                        s.lane_rx_packets += k.rx_packets;
+                        s.lane_tx_packets += k.tx_packets;
+                    }
+                }
+            }
+        }
+        stats
     }
 
     /// Applies `edit` to a copy of the running configuration; publishes it if it validates.

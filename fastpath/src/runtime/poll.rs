@@ -9,6 +9,7 @@ use nix::unistd::Pid;
 
 use crate::config::plan::{Plan, PortId};
 use crate::control::messages::{DropReason, IdlePolicy, PortBackend, XdpAttach};
+use crate::lane::{FlowLane, Target, veth_peer_elsewhere};
 use crate::pipeline::{BURST, Switch, TX_QUEUE_CAP};
 use crate::pool::{Frame, FramePool};
 use crate::port::af_packet::AfPacketPort;
@@ -77,6 +78,32 @@ impl PollThread {
                 return;
             }
         };
+        let mut lane = if core.flow_offload {
+            match FlowLane::new(plan.ports.len()) {
+                Ok(l) => Some(l),
+                Err(source) => {
+                    let _ = ready.send(Err(StartError::Lane { cpu, source }));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        // Per port: opened as AF_PACKET (the lane's tc program goes there), or as any
+        // kernel port (a lane destination), with its interface.
+        let mut packet_ports: Vec<(PortId, String)> = Vec::new();
+        let mut kernel_ports: Vec<(PortId, String)> = Vec::new();
+        let open_packet = |name: &str, ifname: &str, lane: &Option<FlowLane>| {
+            let p = AfPacketPort::open(name, ifname)?;
+            if let Some(lane) = lane {
+                lane.attach_filter(name, p.socket())
+                    .map_err(|e| PortError::Lane {
+                        port: name.to_string(),
+                        source: Box::new(e),
+                    })?;
+            }
+            Ok::<_, PortError>(p)
+        };
         // Local port table, indexed like the plan.
         let mut ports: Vec<Option<Box<dyn Port>>> = (0..plan.ports.len()).map(|_| None).collect();
         for &pid in &core.ports {
@@ -87,12 +114,18 @@ impl PollThread {
                     queue,
                     attach,
                     busy_poll,
-                } => AfXdpPort::open(&pc.name, ifname, *queue, *attach, *busy_poll, &mut pool)
-                    .map(|p| Box::new(p) as Box<dyn Port>),
+                } => {
+                    kernel_ports.push((pid, ifname.clone()));
+                    AfXdpPort::open(&pc.name, ifname, *queue, *attach, *busy_poll, &mut pool)
+                        .map(|p| Box::new(p) as Box<dyn Port>)
+                }
                 PortBackend::AfPacket { ifname } => {
-                    AfPacketPort::open(&pc.name, ifname).map(|p| Box::new(p) as Box<dyn Port>)
+                    kernel_ports.push((pid, ifname.clone()));
+                    packet_ports.push((pid, ifname.clone()));
+                    open_packet(&pc.name, ifname, &lane).map(|p| Box::new(p) as Box<dyn Port>)
                 }
                 PortBackend::Auto { ifname } => {
+                    kernel_ports.push((pid, ifname.clone()));
                     match AfXdpPort::open(&pc.name, ifname, 0, XdpAttach::Auto, false, &mut pool) {
                         Ok(p) => Ok(Box::new(p) as Box<dyn Port>),
                         Err(e) => {
@@ -102,7 +135,8 @@ impl PollThread {
                                 std::error::Error::source(&e)
                                     .map_or(String::new(), |s| s.to_string())
                             );
-                            AfPacketPort::open(&pc.name, ifname)
+                            packet_ports.push((pid, ifname.clone()));
+                            open_packet(&pc.name, ifname, &lane)
                                 .map(|p| Box::new(p) as Box<dyn Port>)
                         }
                     }
@@ -127,20 +161,52 @@ impl PollThread {
             }
         }
         if core.napi_threads {
-            for &pid in &core.ports {
-                let ifname = match &plan.config.ports[usize::from(pid)].backend {
-                    PortBackend::AfXdp { ifname, .. }
-                    | PortBackend::AfPacket { ifname }
-                    | PortBackend::Auto { ifname } => ifname,
-                    PortBackend::Memory => continue,
+            for (pid, ifname) in &kernel_ports {
+                // AF_PACKET ports have no XDP program, so a veth has no NAPI to thread:
+                // its receive runs in the backlog, which RPS steers.
+                let done = if packet_ports.iter().any(|(p, _)| p == pid) {
+                    crate::port::napi::steer_rps(ifname, cpu).map(|_| ())
+                } else {
+                    crate::port::napi::pin_napi_threads(ifname, cpu).map(|_| ())
                 };
-                if let Err(source) = crate::port::napi::pin_napi_threads(ifname, cpu) {
+                if let Err(source) = done {
                     let _ = ready.send(Err(StartError::Napi { cpu, source }));
                     return;
                 }
             }
         }
         let mut switch = Switch::new(&plan, self.shared.counters.clone(), self.now_ns());
+        if let Some(lane) = &mut lane {
+            let n = plan.ports.len();
+            let (mut attached, mut target) = (vec![false; n], vec![false; n]);
+            for (pid, ifname) in &kernel_ports {
+                let Ok(ifindex) = crate::port::ifindex("", ifname) else {
+                    continue;
+                };
+                let peer = veth_peer_elsewhere(ifname);
+                log::info!(
+                    "flow lane: {ifname} (ifindex {ifindex}) is a destination{}",
+                    if peer {
+                        ", frames go straight to its veth peer"
+                    } else {
+                        ""
+                    }
+                );
+                lane.set_target(*pid, Target { ifindex, peer });
+                target[usize::from(*pid)] = true;
+                if packet_ports.iter().any(|(p, _)| p == pid) {
+                    if let Err(source) = lane.attach_port(*pid, ifname, ifindex) {
+                        let _ = ready.send(Err(StartError::Lane { cpu, source }));
+                        return;
+                    }
+                    attached[usize::from(*pid)] = true;
+                }
+            }
+            switch.enable_lane(&plan, attached, target);
+            if let Ok(mut lanes) = self.shared.lanes.lock() {
+                lanes.push((core.ports.clone(), lane.counters()));
+            }
+        }
         let generation = self.shared.generation.load(Ordering::Acquire);
         self.shared.adopted[self.core].store(generation, Ordering::Release);
         log::info!(
@@ -149,7 +215,14 @@ impl PollThread {
             pool.capacity()
         );
         let _ = ready.send(Ok(()));
-        self.poll(plan, generation, &mut pool, &mut ports, &mut switch);
+        self.poll(
+            plan,
+            generation,
+            &mut pool,
+            &mut ports,
+            &mut switch,
+            lane.as_mut(),
+        );
         log::info!(
             "poll thread on CPU {cpu} stopped; {} of {} frames free",
             pool.available(),
@@ -164,7 +237,9 @@ impl PollThread {
         pool: &mut FramePool,
         ports: &mut [Option<Box<dyn Port>>],
         switch: &mut Switch,
+        mut lane: Option<&mut FlowLane>,
     ) {
+        let mut fdb_changes: Vec<u64> = Vec::new();
         let mut my_ports: Vec<PortId> = plan.cores[self.core].ports.clone();
         let idle = plan.cores[self.core].idle;
         let mut burst = [Frame::default(); BURST];
@@ -184,6 +259,10 @@ impl PollThread {
             let now = self.now_ns();
             let g = self.shared.generation.load(Ordering::Acquire);
             if g != generation {
+                // Kernel decisions of the old plan go before the new one is in force.
+                if let Some(lane) = lane.as_deref_mut() {
+                    lane.clear();
+                }
                 plan = self.shared.plan.load_full();
                 switch.apply_plan(&plan, now);
                 my_ports.clone_from(&plan.cores[self.core].ports);
@@ -204,6 +283,9 @@ impl PollThread {
                     }
                     got += n;
                     switch.process(&plan, pool, pid, &burst[..n], now);
+                    if let Some(lane) = lane.as_deref_mut() {
+                        sync_lane(lane, switch, &mut fdb_changes);
+                    }
                     self.flush(&my_ports, pool, ports, switch);
                     if n < BURST {
                         break;
@@ -228,7 +310,14 @@ impl PollThread {
                 }
             }
             if now.saturating_sub(last_age) >= 1_000_000_000 {
+                // Sources whose frames only the kernel saw are refreshed before aging.
+                if let Some(lane) = lane.as_deref_mut() {
+                    lane.sweep(|key, port| switch.refresh_learned(key, port, now));
+                }
                 switch.age(now);
+                if let Some(lane) = lane.as_deref_mut() {
+                    sync_lane(lane, switch, &mut fdb_changes);
+                }
                 last_age = now;
             }
         }
@@ -261,6 +350,19 @@ impl PollThread {
                 }
             }
             q.clear();
+        }
+    }
+}
+
+/// Removes lane flows built on FDB entries that changed, then adds the new offers (in that
+/// order: an offer of this burst is built on the current FDB).
+fn sync_lane(lane: &mut FlowLane, switch: &mut Switch, changes: &mut Vec<u64>) {
+    switch.take_fdb_changes(changes);
+    lane.forget(changes);
+    for offer in switch.take_offers() {
+        // An offer made before a later frame of the burst moved one of its MACs is stale.
+        if !changes.contains(&offer.src_fdb) && !changes.contains(&offer.dst_fdb) {
+            lane.offer(&offer);
         }
     }
 }

@@ -10,10 +10,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::control::messages::XdpAttach;
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
+pub(crate) const BPF_MAP_CREATE: libc::c_long = 0;
+pub(crate) const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+pub(crate) const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+pub(crate) const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+pub(crate) const BPF_PROG_LOAD: libc::c_long = 5;
+pub(crate) const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
@@ -66,15 +68,15 @@ pub enum BpfError {
 /// One eBPF instruction (`struct bpf_insn`).
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
-struct Insn {
-    code: u8,
+pub(crate) struct Insn {
+    pub(crate) code: u8,
     /// dst register in the low nibble, src register in the high nibble.
-    regs: u8,
-    off: i16,
-    imm: i32,
+    pub(crate) regs: u8,
+    pub(crate) off: i16,
+    pub(crate) imm: i32,
 }
 
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+pub(crate) const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     Insn {
         code,
         regs: (src << 4) | (dst & 0x0f),
@@ -107,55 +109,55 @@ fn redirect_program(map_fd: RawFd) -> [Insn; 6] {
 
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-    numa_node: u32,
-    map_name: [u8; 16],
+pub(crate) struct MapCreateAttr {
+    pub(crate) map_type: u32,
+    pub(crate) key_size: u32,
+    pub(crate) value_size: u32,
+    pub(crate) max_entries: u32,
+    pub(crate) map_flags: u32,
+    pub(crate) inner_map_fd: u32,
+    pub(crate) numa_node: u32,
+    pub(crate) map_name: [u8; 16],
 }
 
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
+pub(crate) struct ProgLoadAttr {
+    pub(crate) prog_type: u32,
+    pub(crate) insn_cnt: u32,
+    pub(crate) insns: u64,
+    pub(crate) license: u64,
+    pub(crate) log_level: u32,
+    pub(crate) log_size: u32,
+    pub(crate) log_buf: u64,
+    pub(crate) kern_version: u32,
+    pub(crate) prog_flags: u32,
+    pub(crate) prog_name: [u8; 16],
+    pub(crate) prog_ifindex: u32,
+    pub(crate) expected_attach_type: u32,
 }
 
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
-struct MapUpdateAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
+pub(crate) struct MapUpdateAttr {
+    pub(crate) map_fd: u32,
+    pub(crate) _pad: u32,
+    pub(crate) key: u64,
+    pub(crate) value: u64,
+    pub(crate) flags: u64,
 }
 
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
+pub(crate) struct LinkCreateAttr {
+    pub(crate) prog_fd: u32,
+    pub(crate) target_ifindex: u32,
+    pub(crate) attach_type: u32,
+    pub(crate) flags: u32,
 }
 
 /// Runs the bpf(2) command `cmd` with `attr`; returns the fd or value it gives.
-fn bpf<T: Copy>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i32> {
+pub(crate) fn bpf<T: Copy>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i32> {
     // SAFETY: attr is a #[repr(C)] prefix of `union bpf_attr` for `cmd`, valid for
     // size_of::<T>() bytes; the kernel zero-extends a shorter attr. Pointers inside it (insns,
     // license, log, key, value) point to live buffers of the caller.
@@ -174,12 +176,12 @@ fn bpf<T: Copy>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i32> {
     }
 }
 
-fn owned(fd: i32) -> OwnedFd {
+pub(crate) fn owned(fd: i32) -> OwnedFd {
     // SAFETY: fd is a new descriptor just returned by bpf(2), owned by nobody else.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-fn name16(s: &str) -> [u8; 16] {
+pub(crate) fn name16(s: &str) -> [u8; 16] {
     let mut n = [0u8; 16];
     let b = s.as_bytes();
     n[..b.len().min(15)].copy_from_slice(&b[..b.len().min(15)]);
