@@ -9,13 +9,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use hostd_proto::{ApiError, ErrorCode, Resource, Shortfall, VfRequest, text};
-use sriov::{MacAddr, TxRate, VfSettings, VfVlan, VlanProto};
+use hostd_proto::{ApiError, ErrorCode, Resource, Shortfall, text};
 
 use crate::config::Config;
 use crate::cpulist;
 use crate::inventory::Inventory;
-use crate::store::{InstanceRecord, StackRecord, VfAssignment};
+use crate::store::{InstanceRecord, StackRecord};
+
+mod vfs;
+
+pub use vfs::vf_settings;
 
 fn refuse(
     code: ErrorCode,
@@ -267,150 +270,6 @@ impl Resources<'_> {
         }
         Ok(())
     }
-
-    /// VFs not held by instances other than `me`, per port.
-    fn free_vfs(&self, me: Option<u32>) -> BTreeMap<String, Vec<(u32, String)>> {
-        let held: BTreeSet<String> = self
-            .others(me)
-            .flat_map(|i| i.vfs.iter().map(|v| v.addr.clone()))
-            .collect();
-        self.inventory
-            .ports
-            .iter()
-            .map(|port| {
-                let free = port
-                    .vfs
-                    .iter()
-                    .map(|(index, addr)| (*index, addr.to_string()))
-                    .filter(|(_, addr)| !held.contains(addr))
-                    .collect();
-                (port.name.clone(), free)
-            })
-            .collect()
-    }
-
-    /// Allocates one VF per request (keeping `keep`'s when the request list is unchanged),
-    /// checking the settings with the sriov types and MACs for uniqueness.
-    pub fn allocate_vfs(
-        &self,
-        me: Option<u32>,
-        requests: &[VfRequest],
-    ) -> Result<Vec<VfAssignment>, ApiError> {
-        let mut free = self.free_vfs(me);
-        let macs_in_use: std::collections::HashSet<MacAddr> = self
-            .others(me)
-            .flat_map(|i| i.vfs.iter().filter_map(|v| v.settings.mac))
-            .collect();
-        let mut out: Vec<VfAssignment> = Vec::new();
-        for (n, request) in requests.iter().enumerate() {
-            let settings = vf_settings(request)
-                .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, &format!("VF {n}: {e}")))?;
-            if let Some(mac) = settings.mac {
-                if macs_in_use.contains(&mac) || out.iter().any(|v| v.settings.mac == Some(mac)) {
-                    return Err(ApiError::new(
-                        ErrorCode::AlreadyExists,
-                        &format!("VF {n}: MAC {mac} is already used by another VF: choose another"),
-                    ));
-                }
-            }
-            let port = match &request.port {
-                Some(port) => {
-                    if !free.contains_key(port.as_str()) {
-                        let ports: Vec<&str> = free.keys().map(String::as_str).collect();
-                        return Err(ApiError::new(
-                            ErrorCode::NotFound,
-                            &format!(
-                                "VF {n}: no SR-IOV port {port} (ports: {})",
-                                ports.join(", ")
-                            ),
-                        ));
-                    }
-                    port.to_string()
-                }
-                // The port with the most free VFs spreads instances over the ports.
-                None => free
-                    .iter()
-                    .max_by_key(|(_, vfs)| vfs.len())
-                    .map(|(name, _)| name.clone())
-                    .unwrap_or_default(),
-            };
-            let pool = free.get_mut(&port).filter(|vfs| !vfs.is_empty());
-            let Some(pool) = pool else {
-                let on_port: usize = requests
-                    .iter()
-                    .filter(|r| r.port.as_deref() == Some(port.as_str()) || request.port.is_none())
-                    .count();
-                let total_free: usize = self.free_vfs(me).values().map(Vec::len).sum();
-                let (needed, available, place) = if request.port.is_some() {
-                    let avail = self.free_vfs(me).get(&port).map_or(0, Vec::len);
-                    (on_port, avail, format!(" on port {port}"))
-                } else {
-                    (requests.len(), total_free, String::new())
-                };
-                return Err(short(
-                    Resource::Vfs,
-                    needed as u64,
-                    available as u64,
-                    format!(
-                        "needs {needed} VF{}{place}, {available} free: delete an instance that \
-                         holds VFs, or enable more VFs on the NIC",
-                        if needed == 1 { "" } else { "s" }
-                    ),
-                ));
-            };
-            let (index, addr) = pool.remove(0);
-            let pf = self
-                .inventory
-                .ports
-                .iter()
-                .find(|p| p.name == port)
-                .map(|p| p.pf.to_string())
-                .unwrap_or_default();
-            out.push(VfAssignment {
-                port,
-                pf,
-                index,
-                addr,
-                settings,
-            });
-        }
-        Ok(out)
-    }
-}
-
-/// A request's settings as the sriov crate's checked types.
-pub fn vf_settings(request: &VfRequest) -> Result<VfSettings, sriov::SettingError> {
-    let mac = request
-        .mac
-        .as_deref()
-        .map(str::parse::<MacAddr>)
-        .transpose()?;
-    let vlan = match (request.vlan, request.vlan_qos) {
-        (None, None) => None,
-        (id, qos) => {
-            let id = u32::from(id.unwrap_or(0));
-            if id == 0 {
-                return Err(sriov::SettingError::VlanRange(0));
-            }
-            Some(VfVlan::new(
-                id,
-                u32::from(qos.unwrap_or(0)),
-                VlanProto::Dot1Q,
-            )?)
-        }
-    };
-    let rate = match (request.min_tx_mbps, request.max_tx_mbps) {
-        (None, None) => None,
-        (min, max) => Some(TxRate::new(min.unwrap_or(0), max.unwrap_or(0))?),
-    };
-    let settings = VfSettings {
-        mac,
-        vlan,
-        rate,
-        ..Default::default()
-    };
-    settings.validate()?;
-    Ok(settings)
 }
 
 /// What an instance adds to its stack's use.
@@ -510,13 +369,13 @@ fn free_bytes(path: &Path) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::ConfigFile;
     use crate::inventory::Port;
-    use hostd_proto::{InstanceState, Quota, name};
+    use hostd_proto::{InstanceState, Quota};
 
-    fn config() -> Config {
+    pub(super) fn config() -> Config {
         let file: ConfigFile = toml::from_str(
             "state_dir = \"/tmp\"\n[cores]\nhousekeeping = \"0\"\nguest = \"2-7\"\n[memory]\nhost_reserve_mib = 1024\n",
         )
@@ -524,7 +383,7 @@ mod tests {
         file.resolve(false, &(0..8).collect()).unwrap()
     }
 
-    fn inventory() -> Inventory {
+    pub(super) fn inventory() -> Inventory {
         let addr = |bus, dev| sriov::PciAddress::new(0, bus, dev, 0).unwrap();
         Inventory {
             online: (0..8).collect(),
@@ -538,11 +397,13 @@ mod tests {
                 device: String::new(),
                 total_vfs: 2,
                 vfs: vec![(0, addr(1, 16)), (1, addr(1, 17))],
+                numa_node: Some(0),
+                local_cpus: Some((0..4).collect()),
             }],
         }
     }
 
-    fn instance(id: u32, cores: Vec<u16>, ram_mib: u32) -> InstanceRecord {
+    pub(super) fn instance(id: u32, cores: Vec<u16>, ram_mib: u32) -> InstanceRecord {
         InstanceRecord {
             id,
             name: format!("vm{id}"),
@@ -620,54 +481,6 @@ mod tests {
         );
         assert_eq!(
             res.check_memory(None, 3, true).unwrap_err().code,
-            ErrorCode::InvalidArgument
-        );
-    }
-
-    #[test]
-    fn vfs_are_allocated_once_with_checked_settings() {
-        let (config, inventory) = (config(), inventory());
-        let mut instances: BTreeMap<u32, InstanceRecord> = BTreeMap::new();
-        let res = Resources {
-            config: &config,
-            inventory: &inventory,
-            instances: &instances,
-        };
-        let request = VfRequest {
-            port: Some(name("eth0")),
-            mac: Some(hostd_proto::bounded("02:00:00:00:00:01")),
-            vlan: Some(10),
-            ..Default::default()
-        };
-        let vfs = res
-            .allocate_vfs(None, std::slice::from_ref(&request))
-            .unwrap();
-        assert_eq!(vfs[0].index, 0);
-        assert_eq!(vfs[0].settings.vlan.unwrap().id, 10);
-        let mut holder = instance(1, vec![2], 64);
-        holder.vfs = vfs;
-        instances.insert(1, holder);
-        let res = Resources {
-            config: &config,
-            inventory: &inventory,
-            instances: &instances,
-        };
-        let dup = res.allocate_vfs(None, &[request]).unwrap_err();
-        assert_eq!(dup.code, ErrorCode::AlreadyExists);
-        let err = res
-            .allocate_vfs(None, &[VfRequest::default(), VfRequest::default()])
-            .unwrap_err();
-        assert!(
-            err.message.starts_with("needs 2 VFs, 1 free"),
-            "{}",
-            err.message
-        );
-        let bad = VfRequest {
-            vlan: Some(4095),
-            ..Default::default()
-        };
-        assert_eq!(
-            res.allocate_vfs(None, &[bad]).unwrap_err().code,
             ErrorCode::InvalidArgument
         );
     }

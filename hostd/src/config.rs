@@ -1,7 +1,7 @@
 //! hostd's configuration file (TOML, `/etc/hostd/hostd.toml`) and the `--sim` defaults.
 //! docs/HOSTD.md shows an example.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -75,6 +75,8 @@ pub struct ConfigFile {
     pub ha: HaFile,
     /// VMM start.
     pub vmm: VmmFile,
+    /// SR-IOV VFs.
+    pub sriov: SriovFile,
 }
 
 /// `[cores]`: the split of the online CPUs.
@@ -117,6 +119,30 @@ pub struct HaFile {
 pub struct VmmFile {
     /// How long a VMM may take to answer its control socket after spawn, ms. Default 15000.
     pub start_timeout_ms: Option<u64>,
+}
+
+/// `[sriov]`: how many VFs each PF has, and what a VF goes back to after its guest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SriovFile {
+    /// What a VF goes back to once its guest's VMM is gone. Default `host-driver`.
+    pub release: Option<VfRelease>,
+    /// VF count per PF (by PCI address or port name), set when hostd starts if none of
+    /// the PF's VFs is in use. PFs not named keep the VFs they have.
+    pub num_vfs: BTreeMap<String, u32>,
+}
+
+/// Where a VF goes when its guest is done with it (its settings are restored either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VfRelease {
+    /// Back to the driver it had before hostd took it (usually the VF's network driver,
+    /// e.g. igbvf, so the host sees it as a NIC again; unbound if it had none).
+    #[default]
+    HostDriver,
+    /// Stays on vfio-pci: no host netdev appears, and the next guest gets it without a
+    /// rebind.
+    VfioPci,
 }
 
 /// The HA policy.
@@ -171,6 +197,10 @@ pub struct Config {
     pub ha: HaPolicy,
     /// VMM start timeout, ms.
     pub vmm_start_timeout_ms: u64,
+    /// What a released VF goes back to.
+    pub vf_release: VfRelease,
+    /// VF count per PF (PCI address or port name) to set at start.
+    pub num_vfs: BTreeMap<String, u32>,
 }
 
 /// Where the config file is by default.
@@ -301,6 +331,8 @@ impl ConfigFile {
                 .unwrap_or(if sim { 1024 } else { 2048 }),
             ha,
             vmm_start_timeout_ms: self.vmm.start_timeout_ms.unwrap_or(15_000),
+            vf_release: self.sriov.release.unwrap_or_default(),
+            num_vfs: self.sriov.num_vfs,
         })
     }
 }
@@ -350,6 +382,23 @@ mod tests {
         let err = file.resolve(false, &online(4)).unwrap_err().to_string();
         assert!(err.contains("core 3 is in both"), "{err}");
         assert!(toml::from_str::<ConfigFile>("[cores]\nguests = \"1\"\n").is_err());
+    }
+
+    #[test]
+    fn sriov_counts_and_the_release_policy_are_read() {
+        let file: ConfigFile = toml::from_str(
+            "[sriov]\nrelease = \"vfio-pci\"\n[sriov.num_vfs]\n\"0000:01:00.0\" = 2\neth1 = 4\n",
+        )
+        .unwrap();
+        let config = file.resolve(false, &online(4)).unwrap();
+        assert_eq!(config.vf_release, VfRelease::VfioPci);
+        assert_eq!(config.num_vfs["0000:01:00.0"], 2);
+        assert_eq!(config.num_vfs["eth1"], 4);
+        let default = ConfigFile::default().resolve(false, &online(4)).unwrap();
+        assert_eq!(default.vf_release, VfRelease::HostDriver);
+        assert!(default.num_vfs.is_empty());
+        assert!(toml::from_str::<ConfigFile>("[sriov]\nrelease = \"igbvf\"\n").is_err());
+        assert!(toml::from_str::<ConfigFile>("[sriov]\nnumvfs = {}\n").is_err());
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub struct Port {
     pub total_vfs: u32,
     /// The VFs that exist: index and address.
     pub vfs: Vec<(u32, PciAddress)>,
+    /// NUMA node of the PF, when the platform reports one.
+    pub numa_node: Option<u32>,
+    /// CPUs local to the PF (`local_cpulist`), when reported: an instance whose cores are
+    /// all among them gets its VFs here rather than from a remote port.
+    pub local_cpus: Option<BTreeSet<u16>>,
 }
 
 /// The host's resources.
@@ -135,6 +140,11 @@ pub fn read_ports(nic: &Host) -> Vec<Port> {
                     .iter()
                     .map(|vf| (vf.index, vf.function.addr))
                     .collect(),
+                numa_node: function.numa_node,
+                local_cpus: function
+                    .local_cpus
+                    .as_deref()
+                    .and_then(|list| cpulist::parse(list).ok()),
             }
         })
         .collect()

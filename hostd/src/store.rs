@@ -6,6 +6,11 @@
 //! `meta` (counters), `instances` (id -> [`InstanceRecord`], with its core and VF
 //! assignments and its VMM process), `templates` ((name, version) -> [`TemplateRecord`]),
 //! `stacks` (name -> [`StackRecord`]) and `events` (seq -> event).
+//!
+//! `meta.schema` says how the records are laid out; an older layout is converted when the
+//! store is opened (`v1`: before VF assignment), in the same transaction.
+
+mod v1;
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +26,8 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 const NEXT_INSTANCE_ID: &str = "next_instance_id";
 const SCHEMA: &str = "schema";
-const SCHEMA_VERSION: u64 = 1;
+/// 2: instances' VFs are reservations on a port, with the VF assigned while a VMM runs.
+const SCHEMA_VERSION: u64 = 2;
 
 /// Events kept; older ones are pruned as new ones are written.
 pub const EVENTS_KEPT: u64 = 10_000;
@@ -90,19 +96,43 @@ pub struct VmmRecord {
     pub boot_id: String,
 }
 
-/// A VF held by an instance.
+/// A VF an instance asked for. Admission places it on a port when the instance is created
+/// (the port's VF count is what it reserves); while the instance has a VMM it holds one VF of
+/// that port, [`InstanceVf::assigned`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VfAssignment {
-    /// Port (PF netdev name).
+pub struct InstanceVf {
+    /// Port (PF netdev name when placed).
     pub port: String,
     /// PF PCI address.
     pub pf: String,
+    /// Its settings, checked with the sriov types.
+    pub settings: sriov::VfSettings,
+    /// The VF held now.
+    pub assigned: Option<VfAssignment>,
+}
+
+/// A VF given to an instance's VMM. Recorded before hostd touches the VF and cleared once
+/// the VMM is gone and the VF was given back (settings restored, driver as configured), so a
+/// crash at any point leaves a record to finish the job from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VfAssignment {
     /// VF index under the PF.
     pub index: u32,
     /// VF PCI address.
     pub addr: String,
-    /// Its settings, checked with the sriov types.
-    pub settings: sriov::VfSettings,
+    /// Its settings before hostd changed them, as the PF's driver reported them.
+    pub saved: sriov::VfState,
+    /// The driver it had before (`igbvf`, `vfio-pci`, `none`).
+    pub driver_before: String,
+    /// Its guest PCI slot (1..31); `None` when it is not passed to the VMM (`hostd --sim`).
+    pub guest_slot: Option<u8>,
+}
+
+impl VfAssignment {
+    /// The guest's address of the VF, `0000:00:<slot>.0`.
+    pub fn guest_addr(&self) -> Option<String> {
+        self.guest_slot.map(|slot| format!("0000:00:{slot:02x}.0"))
+    }
 }
 
 /// An instance.
@@ -132,8 +162,8 @@ pub struct InstanceRecord {
     pub ha: bool,
     /// Dedicated guest cores (vCPU i on `cores[i]`).
     pub cores: Vec<u16>,
-    /// VFs.
-    pub vfs: Vec<VfAssignment>,
+    /// VFs: reserved on a port, assigned while a VMM runs.
+    pub vfs: Vec<InstanceVf>,
     /// State.
     pub state: InstanceState,
     /// Why.
@@ -254,6 +284,10 @@ impl Store {
                     meta.insert(SCHEMA, SCHEMA_VERSION)?;
                 }
                 Some(found) if found > SCHEMA_VERSION => return Err(StoreError::Schema { found }),
+                Some(1) => {
+                    v1::upgrade_instances(&mut txn.open_table(INSTANCES)?)?;
+                    meta.insert(SCHEMA, SCHEMA_VERSION)?;
+                }
                 Some(_) => {}
             }
             txn.open_table(INSTANCES)?;

@@ -17,7 +17,8 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use vmm::api::{Request as VmmRequest, Response as VmmResponse, VmStatus};
-use vmm::config::{ConsoleConfig, DiskConfig, KernelConfig, VmConfig};
+use vmm::config::{ConsoleConfig, DiskConfig, KernelConfig, VfioConfig, VmConfig};
+use vmm::control::exit_code;
 
 use crate::daemon::Command as DaemonCommand;
 use crate::process::{self, PidFd};
@@ -80,6 +81,8 @@ struct VmmConfigFile {
     kernel: KernelConfig,
     console: ConsoleConfig,
     disk: Option<DiskConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    vfio: Vec<VfioConfig>,
 }
 
 /// What hostd tells the VMM to run.
@@ -111,6 +114,8 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// The VMM's stderr.
     pub vmm_log: PathBuf,
+    /// VFs passed through, already on vfio-pci: PCI address and guest slot.
+    pub vfio: Vec<(String, u8)>,
 }
 
 /// How a VMM process ended.
@@ -126,6 +131,21 @@ impl ExitInfo {
     /// The guest powered itself off (exit code 0).
     pub fn powered_off(&self) -> bool {
         self.code == Some(0)
+    }
+
+    /// The VMM refused a passthrough device (exit 9, 11, 12, 13 or 14): the VF, not the
+    /// VMM, is the problem (docs/VMM.md, "For hostd").
+    pub fn vf_refused(&self) -> bool {
+        matches!(
+            self.code,
+            Some(
+                exit_code::VFIO_DEVICE_UNAVAILABLE
+                    | exit_code::VFIO_GROUP_NOT_VIABLE
+                    | exit_code::VFIO_UNSUPPORTED
+                    | exit_code::VFIO_DEVICE_BUSY
+                    | exit_code::VFIO_SETUP_FAILED
+            )
+        )
     }
 }
 
@@ -206,7 +226,14 @@ pub fn describe_exit_code(code: i32) -> String {
         6 => "the disk image is missing or in use (exit 6)".into(),
         7 => "/dev/kvm is missing or refused (exit 7)".into(),
         8 => "a VMM socket is in use (exit 8)".into(),
+        exit_code::VFIO_DEVICE_UNAVAILABLE => {
+            "a VF is gone or not bound to vfio-pci (exit 9)".into()
+        }
         10 => "stopped by force (exit 10)".into(),
+        exit_code::VFIO_GROUP_NOT_VIABLE => "a VF's IOMMU group is not viable (exit 11)".into(),
+        exit_code::VFIO_UNSUPPORTED => "no VFIO or no IOMMU on this host (exit 12)".into(),
+        exit_code::VFIO_DEVICE_BUSY => "a VF is in use by another process (exit 13)".into(),
+        exit_code::VFIO_SETUP_FAILED => "VFIO refused to set a VF up (exit 14)".into(),
         c if c >= 100 => format!("the guest ended with code {} (exit {c})", c - 100),
         c => format!("the VMM exited with code {c}"),
     }
@@ -303,6 +330,14 @@ impl Supervisor {
                 path,
                 read_only: false,
             }),
+            vfio: spec
+                .vfio
+                .iter()
+                .map(|(device, slot)| VfioConfig {
+                    device: device.clone(),
+                    slot: Some(*slot),
+                })
+                .collect(),
         };
         let text = toml::to_string(&config).map_err(SupervisorError::Config)?;
         // The VMM's own parser and checks, here, so a mistake is refused with its reason
@@ -509,7 +544,7 @@ fn exit_info(record: &Path, child: Option<Child>, vmm_log: &Path) -> ExitInfo {
                     .into(),
         },
     };
-    if matches!(info.code, Some(2..=8)) {
+    if matches!(info.code, Some(2..=9 | 11..=14)) {
         if let Some(line) = last_error(vmm_log) {
             info.description = format!("{}: {line}", info.description);
         }
@@ -552,6 +587,88 @@ mod tests {
         assert_eq!(
             describe_exit_code(103),
             "the guest ended with code 3 (exit 103)"
+        );
+    }
+
+    #[test]
+    fn passthrough_refusals_are_told_apart_and_name_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("exit");
+        let log = dir.path().join("vmm.log");
+        for (code, what) in [
+            (9, "not bound to vfio-pci"),
+            (11, "IOMMU group is not viable"),
+            (12, "no VFIO or no IOMMU"),
+            (13, "in use by another process"),
+            (14, "VFIO refused"),
+        ] {
+            std::fs::write(&record, format!("{code}\n0000:01:10.0: the reason\n")).unwrap();
+            std::fs::write(
+                &log,
+                format!("hostd-vmm: error: passthrough 0000:01:10.0 refused ({code})\n"),
+            )
+            .unwrap();
+            let info = exit_info(&record, None, &log);
+            assert!(info.vf_refused(), "{code}");
+            assert!(info.description.contains(what), "{}", info.description);
+            assert!(
+                info.description.contains("(0000:01:10.0: the reason)")
+                    && info.description.ends_with(&format!("refused ({code})")),
+                "{}",
+                info.description
+            );
+        }
+        for code in [0, 1, 4, 10] {
+            std::fs::write(&record, format!("{code}\n\n")).unwrap();
+            assert!(!exit_info(&record, None, &log).vf_refused(), "{code}");
+        }
+    }
+
+    #[test]
+    fn vfs_reach_the_vmm_config_with_their_slots() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let dir = tempfile::tempdir().unwrap();
+        let supervisor = Supervisor::new(
+            dir.path().join("no-such-vmm"),
+            dir.path().to_owned(),
+            Duration::from_secs(1),
+            tx,
+        );
+        let spec = VmSpec {
+            id: 9,
+            name: "v".into(),
+            cores: vec![1],
+            housekeeping: vec![0],
+            ram_mib: 64,
+            hugepages: false,
+            kernel: dir.path().join("k"),
+            initramfs: None,
+            cmdline: String::new(),
+            disk: None,
+            graceful_stop_timeout_ms: 1000,
+            console_log: dir.path().join("console.log"),
+            vmm_log: dir.path().join("vmm.log"),
+            vfio: vec![("0000:01:10.0".into(), 1), ("0000:02:10.0".into(), 2)],
+        };
+        // The binary does not exist: the config is written and checked, the spawn fails.
+        assert!(matches!(
+            supervisor.spawn(&spec),
+            Err(SupervisorError::Spawn { .. })
+        ));
+        let text = std::fs::read_to_string(supervisor.paths(9).config).unwrap();
+        let config: VmConfig = toml::from_str(&text).unwrap();
+        assert_eq!(
+            config.vfio,
+            [
+                VfioConfig {
+                    device: "0000:01:10.0".into(),
+                    slot: Some(1)
+                },
+                VfioConfig {
+                    device: "0000:02:10.0".into(),
+                    slot: Some(2)
+                }
+            ]
         );
     }
 }

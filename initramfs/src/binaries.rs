@@ -77,6 +77,10 @@ pub const LAB_TESTS: &[LabTest] = &[
         package: "vmm",
         test: "lab_vfio",
     },
+    LabTest {
+        package: "hostd",
+        test: "lab_assign",
+    },
 ];
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

@@ -8,7 +8,9 @@ pub const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
 pub const GROUP: &str = "root:x:0:\nhostd:x:990:\nhostd-admin:x:991:\n";
 
 /// `/etc/hostd/hostd.toml`: state on the data disk (the root filesystem is RAM), the first
-/// core for housekeeping and the rest for guests, 1 GiB kept for the host.
+/// core for housekeeping and the rest for guests, 1 GiB kept for the host. No VF counts:
+/// the factory suite and the lab tests expect the PFs without VFs at boot (a box's own
+/// config gives them; the VF lab test adds them and restarts hostd, as an operator would).
 pub const HOSTD_TOML: &str = "\
 # hostd on the appliance (written by the initramfs builder; docs/HOSTD.md).
 state_dir = \"/data/hostd\"
@@ -18,6 +20,10 @@ housekeeping = \"0\"
 
 [memory]
 host_reserve_mib = 1024
+
+# VFs per SR-IOV PF, set when hostd starts (docs/HOSTD.md, \"VF assignment\"), e.g.
+# [sriov.num_vfs]
+# \"0000:01:00.0\" = 4
 ";
 
 /// Every file, by its path in the image.

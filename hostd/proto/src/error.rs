@@ -63,6 +63,10 @@ pub enum ErrorCode {
     Busy,
     /// hostd could not record the change (storage failure); nothing was acknowledged.
     Internal,
+    /// An SR-IOV VF cannot be given to the guest: binding to vfio-pci failed, its IOMMU
+    /// group is not viable, there is no IOMMU, or another process holds it. The message names
+    /// the VF, its PF and what to do.
+    VfUnavailable,
 }
 
 impl ErrorCode {
@@ -82,6 +86,7 @@ impl ErrorCode {
             Self::VmmFailed => "vmm_failed",
             Self::Busy => "busy",
             Self::Internal => "internal",
+            Self::VfUnavailable => "vf_unavailable",
         }
     }
 }

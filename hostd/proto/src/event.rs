@@ -103,4 +103,15 @@ pub enum EventKind {
     StackChanged,
     /// hostd started.
     HostdStarted,
+    /// A VF was given to an instance's VMM (settings applied, bound to vfio-pci).
+    VfAssigned {
+        /// The VF's PCI address.
+        vf: Name,
+    },
+    /// A VF an instance held was given back (settings restored, driver as configured) after
+    /// its VMM was gone.
+    VfReleased {
+        /// The VF's PCI address.
+        vf: Name,
+    },
 }

@@ -64,7 +64,7 @@ pub use response::{
     CoreOwner, CoreSummary, EventPage, HostStatus, HugepageSummary, InstanceCounts, InstanceInfo,
     InstanceState, InstanceSummary, Inventory, MemorySummary, PortInfo, Reply, ReplyEnvelope,
     Response, Role, ServerInfo, StackInfo, StackUsage, TemplateInfo, TemplateSummary, VfInfo,
-    VfSummary,
+    VfOwner, VfSummary,
 };
 
 /// The protocol version this crate speaks. A request with another version is refused with
@@ -93,6 +93,8 @@ pub const MAX_VCPUS: usize = 64;
 pub const MAX_ADMINS: usize = 8;
 /// Most NIC ports (PFs) reported.
 pub const MAX_PORTS: usize = 16;
+/// Most VF owners in an [`Inventory`] reply (VFs given to instances at one time).
+pub const MAX_VF_OWNERS: usize = 64;
 
 /// Names: instances, templates, stacks, groups, users, ports (at most 32 bytes).
 pub type Name = heapless::String<32>;

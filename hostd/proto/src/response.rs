@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     ApiError, Event, MAX_EVENTS_PER_PAGE, MAX_INSTANCES, MAX_LIST, MAX_PORTS, MAX_STACKS,
-    MAX_TEMPLATES, MAX_VCPUS, MAX_VFS_PER_INSTANCE, MacText, Name, PathText, Principal, Quota,
-    TemplateSpec, Text,
+    MAX_TEMPLATES, MAX_VCPUS, MAX_VF_OWNERS, MAX_VFS_PER_INSTANCE, MacText, Name, PathText,
+    Principal, Quota, TemplateSpec, Text,
 };
 
 /// What the server sends: the id of the request it answers, and the answer.
@@ -144,7 +144,7 @@ pub struct HugepageSummary {
 pub struct VfSummary {
     /// VFs that exist.
     pub total: u32,
-    /// Of which not assigned.
+    /// Of which not reserved by an instance.
     pub free: u32,
 }
 
@@ -191,8 +191,28 @@ pub struct PortInfo {
     pub total_vfs: u32,
     /// `sriov_numvfs`.
     pub num_vfs: u32,
-    /// VFs assigned to instances.
+    /// VFs reserved on this port by instances (admission counts these).
+    pub reserved_vfs: u32,
+    /// VFs given to running instances now (bound to vfio-pci for their VMMs).
     pub assigned_vfs: u32,
+    /// NUMA node of the PF, when the platform reports one.
+    pub numa_node: Option<u32>,
+}
+
+/// A VF given to an instance now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VfOwner {
+    /// The VF's PCI address.
+    pub vf: Name,
+    /// Its port (PF netdev).
+    pub port: Name,
+    /// Its index under the PF.
+    pub index: u16,
+    /// The instance holding it.
+    pub instance: Name,
+    /// Where the guest sees it (`0000:00:01.0`); none when not passed to the guest
+    /// (`hostd --sim`).
+    pub guest_addr: Option<Name>,
 }
 
 /// Reply to `inventory`.
@@ -214,6 +234,8 @@ pub struct Inventory {
     pub hugepages: HugepageSummary,
     /// NIC ports.
     pub ports: Vec<PortInfo, MAX_PORTS>,
+    /// VFs given to instances now, and to which.
+    pub vf_owners: Vec<VfOwner, MAX_VF_OWNERS>,
     /// Simulated hardware.
     pub sim: bool,
 }
@@ -291,17 +313,21 @@ pub struct InstanceSummary {
     pub ha: bool,
 }
 
-/// One VF of an instance.
+/// One VF of an instance: the port it is reserved on, its settings, and while the instance
+/// has a VMM, the VF it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VfInfo {
     /// Port (PF netdev).
     pub port: Name,
     /// PF PCI address.
     pub pf: Name,
-    /// VF index under the PF.
-    pub index: u16,
-    /// VF PCI address.
-    pub addr: Name,
+    /// Index under the PF of the VF held now; none while the instance has no VMM.
+    pub index: Option<u16>,
+    /// PCI address of the VF held now; none while the instance has no VMM.
+    pub addr: Option<Name>,
+    /// Where the guest sees it (`0000:00:01.0`); none while not passed to a guest (stopped,
+    /// or `hostd --sim`, whose simulated VFs cannot be opened through VFIO).
+    pub guest_addr: Option<Name>,
     /// MAC address.
     pub mac: Option<MacText>,
     /// Port VLAN (0: none).

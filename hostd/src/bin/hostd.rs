@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     let state_dir = config.state_dir.clone();
     let sim = config.sim;
     let cores = hostd::cpulist::format(&config.guest_cores);
-    let mut daemon = match Daemon::new(config, inventory, tx.clone()) {
+    let mut daemon = match Daemon::new(config, nic, inventory, tx.clone()) {
         Ok(daemon) => daemon,
         Err(err) => {
             report(&err);
@@ -140,7 +140,10 @@ fn main() -> ExitCode {
         daemon.seed_template("probe", hostd::sim::probe_template(&probe));
     }
     daemon.record_start();
+    // Re-adoption first: it tells which VFs running guests hold (their PFs keep their VF
+    // count) and gives back those of guests that are gone.
     daemon.adopt_all();
+    daemon.apply_vf_counts();
     let server = std::thread::Builder::new()
         .name("accept".into())
         .spawn(move || hostd::server::serve(listener, tx));

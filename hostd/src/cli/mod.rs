@@ -35,6 +35,8 @@ pub mod exit {
     pub const INVALID: u8 = 8;
     /// The VMM failed to start or to carry out the request.
     pub const VMM: u8 = 9;
+    /// A VF cannot be given to the guest (binding, IOMMU group, no IOMMU, in use).
+    pub const VF: u8 = 10;
 }
 
 /// The exit code for a refusal.
@@ -50,6 +52,7 @@ pub fn exit_code(err: &ApiError) -> u8 {
         | ErrorCode::UnsupportedVersion
         | ErrorCode::FrameTooLarge => exit::INVALID,
         ErrorCode::VmmFailed => exit::VMM,
+        ErrorCode::VfUnavailable => exit::VF,
         ErrorCode::Internal => exit::FAILED,
     }
 }
@@ -79,7 +82,7 @@ pub struct Cli {
 pub enum Cmd {
     /// Host summary: instances, free cores, RAM, VFs.
     Status,
-    /// Cores by role, memory, NIC ports.
+    /// Cores by role, memory, NIC ports, and which VF each instance holds.
     Inventory,
     /// Your uid and role, hostd's version.
     Whoami,

@@ -173,8 +173,9 @@ fn instance(i: &InstanceInfo) -> String {
             .map(|v| {
                 vec![
                     v.port.to_string(),
-                    v.index.to_string(),
-                    v.addr.to_string(),
+                    v.index.map_or("-".into(), |n| n.to_string()),
+                    v.addr.as_deref().unwrap_or("-").to_owned(),
+                    guest(v.addr.is_some(), v.guest_addr.as_deref()),
                     v.mac.as_deref().unwrap_or("-").to_owned(),
                     if v.vlan == 0 {
                         "-".into()
@@ -187,12 +188,24 @@ fn instance(i: &InstanceInfo) -> String {
             .collect();
         out.push_str("vfs:\n");
         out.push_str(&table(
-            &["PORT", "VF", "ADDRESS", "MAC", "VLAN/QOS", "MBIT/S"],
+            &[
+                "PORT", "VF", "ADDRESS", "GUEST", "MAC", "VLAN/QOS", "MBIT/S",
+            ],
             &rows,
             2,
         ));
     }
     out
+}
+
+/// Where the guest sees a VF: its address without the domain, `sim` for a simulated VF
+/// held but not passed, `-` when none is held.
+fn guest(held: bool, at: Option<&str>) -> String {
+    match (held, at) {
+        (_, Some(at)) => at.strip_prefix("0000:").unwrap_or(at).to_owned(),
+        (true, None) => "sim".into(),
+        (false, None) => "-".into(),
+    }
 }
 
 fn host_status(s: &HostStatus) -> String {
@@ -252,7 +265,9 @@ fn inventory(inv: &Inventory) -> String {
                 p.port.to_string(),
                 p.pf.to_string(),
                 p.driver.to_string(),
+                p.numa_node.map_or("-".into(), |n| n.to_string()),
                 format!("{}/{}", p.num_vfs, p.total_vfs),
+                p.reserved_vfs.to_string(),
                 p.assigned_vfs.to_string(),
                 p.device.to_string(),
             ]
@@ -260,10 +275,27 @@ fn inventory(inv: &Inventory) -> String {
         .collect();
     if !rows.is_empty() {
         out.push_str(&table(
-            &["PORT", "PF", "DRIVER", "VFS", "USED", "DEVICE"],
+            &[
+                "PORT", "PF", "DRIVER", "NODE", "VFS", "RESERVED", "IN USE", "DEVICE",
+            ],
             &rows,
-            5,
+            7,
         ));
+    }
+    let owners: Vec<Vec<String>> = inv
+        .vf_owners
+        .iter()
+        .map(|o| {
+            vec![
+                o.vf.to_string(),
+                format!("{} VF {}", o.port, o.index),
+                o.instance.to_string(),
+                guest(true, o.guest_addr.as_deref()),
+            ]
+        })
+        .collect();
+    if !owners.is_empty() {
+        out.push_str(&table(&["VF", "PORT", "INSTANCE", "GUEST"], &owners, 2));
     }
     out
 }
@@ -370,6 +402,8 @@ pub fn event(e: &Event) -> String {
         EventKind::TemplateCreated { .. } | EventKind::TemplateDeleted { .. } => "template".into(),
         EventKind::StackChanged => "stack".into(),
         EventKind::HostdStarted => "started".into(),
+        EventKind::VfAssigned { vf } => format!("vf {vf} assigned"),
+        EventKind::VfReleased { vf } => format!("vf {vf} released"),
     };
     let subject = e
         .instance

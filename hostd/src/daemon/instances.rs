@@ -196,6 +196,9 @@ impl Daemon {
             None => vec![VfRequest::default(); usize::from(spec.vfs)],
         };
         let id = self.next_instance_id;
+        if !vf_requests.is_empty() {
+            self.refresh_ports();
+        }
         let res = Resources {
             config: &self.config,
             inventory: &self.inventory,
@@ -210,9 +213,13 @@ impl Daemon {
             };
             check_quota(stack, &self.instances, None, need)?;
         }
+        // VFs are checked first: they are the scarcest (per port, fixed by the NIC), so a
+        // refusal names them even when cores are short too. Where they go depends on the
+        // cores (NUMA), so they are placed once the cores are known.
+        res.allocate_vfs(None, &vf_requests, &[])?;
         let cores = res.allocate_cores(None, &[], vcpus)?;
         res.check_memory(None, ram_mib, spec.hugepages)?;
-        let vfs = res.allocate_vfs(None, &vf_requests)?;
+        let vfs = res.allocate_vfs(None, &vf_requests, &cores)?;
         let state_dir = self.config.state_dir.clone();
         res.check_disk(None, disk_gib, &|i| {
             state_dir.join("vms").join(i.to_string())
@@ -588,10 +595,14 @@ impl Daemon {
             record.ram_mib,
             record.vfs.len()
         );
-        let event = self.event(&caller.actor(), Some(&record), EventKind::Deleted, &reason);
+        // A stopped instance holds no VF; one whose release was never recorded gives it
+        // back here rather than lose track of it.
+        let mut record = record;
+        let mut events = self.release_vfs(&mut record);
+        events.push(self.event(&caller.actor(), Some(&record), EventKind::Deleted, &reason));
         self.apply(Changes {
             delete_instances: vec![id],
-            events: vec![event],
+            events,
             ..Default::default()
         })?;
         for dir in [self.vm_dir(id), self.supervisor.paths(id).dir] {

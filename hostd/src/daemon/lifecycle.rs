@@ -40,32 +40,56 @@ impl Daemon {
             }
             _ => {}
         }
+        // VFs still recorded from an earlier run (a release whose record failed) go back
+        // first, each restored from its own record.
+        if record.vfs.iter().any(|v| v.assigned.is_some()) {
+            let mut cleared = record.clone();
+            let events = self.release_vfs(&mut cleared);
+            if let Err(err) = self.apply(Changes {
+                put_instances: vec![cleared],
+                events,
+                ..Default::default()
+            }) {
+                return Outcome::Now(Err(err));
+            }
+        }
+        let record = self.instances[&id].clone();
         let mut updated = match self.start_checks(&record) {
             Ok(updated) => updated,
             Err(err) => return Outcome::Now(Err(err)),
         };
+        if let Err(err) = self.pick_vfs(&mut updated) {
+            return Outcome::Now(Err(err));
+        }
         if *actor != Actor::Ha {
             // An operator's start is a fresh start: HA counts from zero again.
             updated.ha_failures.clear();
         }
         updated.want_running = true;
-        let event = self.transition(&mut updated, InstanceState::Starting, actor, reason);
+        let events = vec![self.transition(&mut updated, InstanceState::Starting, actor, reason)];
+        // The picked VFs are recorded before anything touches them: a crash from here on
+        // leaves a record that the next start-up finishes from (gives them back).
         if let Err(err) = self.apply(Changes {
             put_instances: vec![updated.clone()],
-            events: vec![event],
+            events,
             ..Default::default()
         }) {
             return Outcome::Now(Err(err));
         }
+        let vf_events = match self.prepare_vfs(&updated) {
+            Ok(events) => events,
+            Err(err) => return self.start_failed(id, actor, err, Vec::new()),
+        };
         let spec = match self.vm_spec(&updated) {
             Ok(spec) => spec,
-            Err(err) => return Outcome::Now(Err(err)),
+            Err(err) => return self.start_failed(id, actor, err, vf_events),
         };
         match self.supervisor.spawn(&spec) {
             Ok(vmm) => {
                 updated.vmm = Some(vmm);
                 if let Err(err) = self.apply(Changes {
                     put_instances: vec![updated],
+                    events: vf_events,
                     ..Default::default()
                 }) {
                     // The VMM runs but its pid is not recorded: it is found again by its
@@ -83,28 +107,56 @@ impl Daemon {
                 Outcome::Later
             }
             Err(err) => {
-                let info = ExitInfo {
-                    code: None,
-                    description: err.to_string(),
-                };
                 log::error!("instance {id}: {err}");
-                if *actor == Actor::Ha {
-                    self.vmm_ended(id, &info, "");
-                    return Outcome::Later;
-                }
-                let mut failed = self.instances[&id].clone();
-                failed.want_running = false;
-                let reason = format!("start failed: {err}");
-                let event =
-                    self.transition(&mut failed, InstanceState::Error, &Actor::Hostd, &reason);
-                let _ = self.apply(Changes {
-                    put_instances: vec![failed],
-                    events: vec![event],
-                    ..Default::default()
-                });
-                Outcome::Now(Err(ApiError::new(ErrorCode::VmmFailed, &reason)))
+                let err = ApiError::new(ErrorCode::VmmFailed, &format!("start failed: {err}"));
+                self.start_failed(id, actor, err, vf_events)
             }
         }
+    }
+
+    /// A start that got as far as recording `starting` failed before a VMM ran: the VFs
+    /// are given back and the instance goes `error` (an HA start counts as a failure).
+    /// `assigned` are the events of VFs prepared before the failure, recorded with it.
+    fn start_failed(
+        &mut self,
+        id: u32,
+        actor: &Actor,
+        err: ApiError,
+        assigned: Vec<hostd_proto::Event>,
+    ) -> Outcome {
+        if !assigned.is_empty() {
+            if let Err(commit) = self.apply(Changes {
+                events: assigned,
+                ..Default::default()
+            }) {
+                log::error!("instance {id}: VF assignment events not recorded: {commit}");
+            }
+        }
+        if *actor == Actor::Ha {
+            let info = ExitInfo {
+                code: None,
+                description: err.message.to_string(),
+            };
+            self.vmm_ended(id, &info, "");
+            return Outcome::Later;
+        }
+        let mut failed = self.instances[&id].clone();
+        failed.want_running = false;
+        let mut events = self.release_vfs(&mut failed);
+        let reason = if err.message.starts_with("start failed") {
+            err.message.to_string()
+        } else {
+            format!("start failed: {}", err.message)
+        };
+        events.push(self.transition(&mut failed, InstanceState::Error, &Actor::Hostd, &reason));
+        if let Err(commit) = self.apply(Changes {
+            put_instances: vec![failed],
+            events,
+            ..Default::default()
+        }) {
+            log::error!("instance {id}: failed start not recorded: {commit}");
+        }
+        Outcome::Now(Err(err))
     }
 
     /// Admission again at start (the host or a quota may have changed since create): cores
@@ -191,6 +243,12 @@ impl Daemon {
             graceful_stop_timeout_ms: spec.graceful_stop_timeout_ms.into(),
             console_log,
             vmm_log,
+            vfio: record
+                .vfs
+                .iter()
+                .filter_map(|v| v.assigned.as_ref())
+                .filter_map(|a| Some((a.addr.clone(), a.guest_slot?)))
+                .collect(),
         })
     }
 
@@ -256,12 +314,22 @@ impl Daemon {
                     return;
                 }
                 let mut updated = record.clone();
-                let event = self.transition(
-                    &mut updated,
-                    InstanceState::Running,
-                    &Actor::Hostd,
-                    &format!("VMM pid {pid} running"),
-                );
+                let not_passed = updated
+                    .vfs
+                    .iter()
+                    .filter_map(|v| v.assigned.as_ref())
+                    .filter(|a| a.guest_slot.is_none())
+                    .count();
+                let reason = match not_passed {
+                    0 => format!("VMM pid {pid} running"),
+                    n => format!(
+                        "VMM pid {pid} running without its {n} VF{}: simulated VFs cannot be \
+                         passed to a guest (hostd --sim)",
+                        if n == 1 { "" } else { "s" }
+                    ),
+                };
+                let event =
+                    self.transition(&mut updated, InstanceState::Running, &Actor::Hostd, &reason);
                 let result = self.apply(Changes {
                     put_instances: vec![updated],
                     events: vec![event],
@@ -294,6 +362,9 @@ impl Daemon {
     pub(crate) fn vmm_ended(&mut self, id: u32, info: &ExitInfo, context: &str) {
         let mut updated = self.instances[&id].clone();
         updated.vmm = None;
+        // The VMM is gone (its watcher saw the pidfd exit, or it never ran): its VFs were
+        // reset by vfio-pci as it closed them and can go back now.
+        let mut events = self.release_vfs(&mut updated);
         self.timers
             .retain(|t| !(t.id == id && matches!(t.kind, TimerKind::ForceStop { .. })));
         let operator_start = self
@@ -301,7 +372,6 @@ impl Daemon {
             .iter()
             .any(|w| w.id == id && w.until == WaitFor::Running);
         let description = format!("{context}{}", info.description);
-        let mut events = Vec::new();
         if !updated.want_running || updated.state == InstanceState::Stopping {
             events.push(self.transition(
                 &mut updated,
@@ -376,8 +446,13 @@ impl Daemon {
             log::error!("instance {id}: end of VMM not recorded: {err}");
         }
         // Parked replies: a start that did not make it, stops that did.
+        let code = if info.vf_refused() {
+            ErrorCode::VfUnavailable
+        } else {
+            ErrorCode::VmmFailed
+        };
         let start_reply = Reply::Error(ApiError::new(
-            ErrorCode::VmmFailed,
+            code,
             &format!("instance {} did not start: {description}", updated.name),
         ));
         self.answer(id, WaitFor::Running, &start_reply);
@@ -459,9 +534,10 @@ impl Daemon {
     }
 
     /// At start-up: finds the VMM of every instance that had one. Running VMMs are
-    /// re-adopted as they are; VMMs that ended while hostd was down are handled as if
-    /// their exit had just been seen (HA included); HA restarts that were pending are
-    /// scheduled again.
+    /// re-adopted as they are, with their VFs; VMMs that ended while hostd was down are
+    /// handled as if their exit had just been seen (HA included, their VFs given back); VFs
+    /// recorded for instances without a VMM are given back; HA restarts that were pending
+    /// are scheduled again.
     pub fn adopt_all(&mut self) {
         let ids: Vec<u32> = self.instances.keys().copied().collect();
         for id in ids {
@@ -557,5 +633,6 @@ impl Daemon {
                 });
             }
         }
+        self.release_orphaned_vfs();
     }
 }

@@ -11,6 +11,7 @@
 mod catalog;
 mod instances;
 mod lifecycle;
+mod vfs;
 mod views;
 
 use std::collections::BTreeMap;
@@ -115,6 +116,9 @@ struct Subscriber {
 pub struct Daemon {
     pub(crate) config: Config,
     store: Store,
+    /// The NIC: the real sysfs, or the simulated host of `--sim`.
+    pub(crate) nic: sriov::Host,
+    pub(crate) host_kind: crate::vfs::HostKind,
     pub(crate) inventory: Inventory,
     pub(crate) instances: BTreeMap<u32, InstanceRecord>,
     pub(crate) templates: BTreeMap<(String, u32), TemplateRecord>,
@@ -154,9 +158,11 @@ pub(crate) fn internal(err: impl std::fmt::Display) -> ApiError {
 }
 
 impl Daemon {
-    /// Opens the store and builds the state; `start` re-adopts VMMs.
+    /// Opens the store and builds the state; [`Self::adopt_all`] re-adopts VMMs. `nic` is
+    /// the host the VFs are on (`config.sim`: the simulated one).
     pub fn new(
         config: Config,
+        nic: sriov::Host,
         inventory: Inventory,
         events: Sender<Command>,
     ) -> Result<Self, crate::store::StoreError> {
@@ -176,6 +182,12 @@ impl Daemon {
         }
         Ok(Self {
             store,
+            nic,
+            host_kind: if config.sim {
+                crate::vfs::HostKind::Simulated
+            } else {
+                crate::vfs::HostKind::Real
+            },
             inventory,
             instances: loaded.instances.into_iter().map(|i| (i.id, i)).collect(),
             templates: loaded
@@ -235,7 +247,10 @@ impl Daemon {
         let outcome = match request {
             Request::Hello => Outcome::Now(Ok(self.hello(caller))),
             Request::HostStatus => Outcome::Now(Ok(self.host_status(caller))),
-            Request::Inventory => Outcome::Now(Ok(self.inventory_view())),
+            Request::Inventory => {
+                self.refresh_ports();
+                Outcome::Now(Ok(self.inventory_view()))
+            }
             Request::ListInstances(filter) => {
                 Outcome::Now(Ok(self.list_instances(caller, &filter)))
             }

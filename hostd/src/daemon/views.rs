@@ -3,7 +3,7 @@
 use hostd_proto::{
     CoreOwner, CoreSummary, HostStatus, HugepageSummary, InstanceCounts, InstanceInfo,
     InstanceState, InstanceSummary, Inventory, ListFilter, MemorySummary, PROTOCOL_VERSION,
-    PortInfo, Response, ServerInfo, VfInfo, VfSummary, bounded, name, text,
+    PortInfo, Response, ServerInfo, VfInfo, VfOwner, VfSummary, bounded, name, text,
 };
 
 use super::Daemon;
@@ -67,7 +67,11 @@ impl Daemon {
         }
         let res = self.resources();
         let total_vfs: usize = self.inventory.ports.iter().map(|p| p.vfs.len()).sum();
-        let held_vfs: usize = self.instances.values().map(|i| i.vfs.len()).sum();
+        let reserved_vfs: usize = res
+            .vf_room(None)
+            .values()
+            .map(|(total, reserved)| (*reserved).min(*total))
+            .sum();
         Response::HostStatus(HostStatus {
             uptime_s: self.uptime_s(),
             sim: self.config.sim,
@@ -80,7 +84,7 @@ impl Daemon {
             hugepages: self.hugepages(),
             vfs: VfSummary {
                 total: total_vfs as u32,
-                free: total_vfs.saturating_sub(held_vfs) as u32,
+                free: total_vfs.saturating_sub(reserved_vfs) as u32,
             },
         })
     }
@@ -97,22 +101,39 @@ impl Daemon {
         }
         let mut ports = hostd_proto::heapless::Vec::new();
         for port in &self.inventory.ports {
-            let addrs: Vec<String> = port.vfs.iter().map(|(_, a)| a.to_string()).collect();
-            let assigned = self
-                .instances
-                .values()
-                .flat_map(|i| &i.vfs)
-                .filter(|v| addrs.contains(&v.addr))
-                .count();
+            let pf = port.pf.to_string();
+            let on_port = || {
+                self.instances
+                    .values()
+                    .flat_map(|i| &i.vfs)
+                    .filter(|v| v.pf == pf)
+            };
             let _ = ports.push(PortInfo {
                 port: name(&port.name),
-                pf: name(&port.pf.to_string()),
+                pf: name(&pf),
                 driver: name(&port.driver),
                 device: text(&port.device),
                 total_vfs: port.total_vfs,
                 num_vfs: port.vfs.len() as u32,
-                assigned_vfs: assigned as u32,
+                reserved_vfs: on_port().count() as u32,
+                assigned_vfs: on_port().filter(|v| v.assigned.is_some()).count() as u32,
+                numa_node: port.numa_node,
             });
+        }
+        let mut vf_owners = hostd_proto::heapless::Vec::new();
+        for i in self.instances.values() {
+            for vf in &i.vfs {
+                let Some(a) = &vf.assigned else {
+                    continue;
+                };
+                let _ = vf_owners.push(VfOwner {
+                    vf: name(&a.addr),
+                    port: name(&vf.port),
+                    index: a.index as u16,
+                    instance: name(&i.name),
+                    guest_addr: a.guest_addr().as_deref().map(name),
+                });
+            }
         }
         Response::Inventory(Inventory {
             cpus: self.inventory.online.len() as u32,
@@ -123,6 +144,7 @@ impl Daemon {
             memory: self.memory(),
             hugepages: self.hugepages(),
             ports,
+            vf_owners,
             sim: self.config.sim,
         })
     }
@@ -186,8 +208,14 @@ impl Daemon {
                     VfInfo {
                         port: name(&v.port),
                         pf: name(&v.pf),
-                        index: v.index as u16,
-                        addr: name(&v.addr),
+                        index: v.assigned.as_ref().map(|a| a.index as u16),
+                        addr: v.assigned.as_ref().map(|a| name(&a.addr)),
+                        guest_addr: v
+                            .assigned
+                            .as_ref()
+                            .and_then(|a| a.guest_addr())
+                            .as_deref()
+                            .map(name),
                         mac: v.settings.mac.map(|m| bounded(&m.to_string())),
                         vlan: vlan.id,
                         vlan_qos: vlan.qos,

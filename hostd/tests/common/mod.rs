@@ -80,6 +80,9 @@ pub struct Setup {
     pub guest_cores: String,
     /// Extra TOML appended to the config.
     pub extra: String,
+    /// The simulated NIC, made before hostd's first start (default: `--sim`'s own, two igb
+    /// ports with 7 VFs each).
+    pub sim: Option<sriov::sim::SimSpec>,
 }
 
 impl Default for Setup {
@@ -87,6 +90,7 @@ impl Default for Setup {
         Self {
             guest_cores: "0-1".into(),
             extra: String::new(),
+            sim: None,
         }
     }
 }
@@ -110,6 +114,9 @@ impl TestHostd {
             setup.extra
         );
         std::fs::write(dir.path().join("hostd.toml"), config).unwrap();
+        if let Some(spec) = &setup.sim {
+            sriov::sim::SimHost::create(&dir.path().join("state/sriov-sim"), spec).unwrap();
+        }
         let mut hostd = Self {
             dir,
             child: None,
@@ -125,6 +132,11 @@ impl TestHostd {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The simulated NIC hostd runs on, as another program would see it.
+    pub fn nic(&self) -> sriov::sim::SimHost {
+        sriov::sim::SimHost::open(&self.state_dir().join("sriov-sim")).unwrap()
     }
 
     /// Starts the hostd process and waits for its socket.

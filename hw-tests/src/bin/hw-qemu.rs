@@ -103,7 +103,10 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             kernel: inputs.vmlinuz.clone(),
             initrd: image,
             data_disk: Some(data_disk),
-            cpus: 2,
+            // Core 0 for the host, 1 and 2 for guests: two guests with a VF each run side
+            // by side (hostd/tests/lab_assign.rs). docs/PERF.md, "VF assignment (hostd)":
+            // the cost, and why not 4.
+            cpus: 3,
             memory_mib: 1536,
         },
         profile_text,
