@@ -154,10 +154,10 @@ fn definition_calls_work_in_both_encodings_body() {
     definition_calls(&mut |r| json.call(r));
     // The raw JSON form, as the GUI writes it.
     let reply =
-        json.raw(r#"{"version":1,"id":77,"request":{"show_instance":{"instance":"nope"}}}"#);
+        json.raw(r#"{"version":2,"id":77,"request":{"show_instance":{"instance":"nope"}}}"#);
     assert_eq!(reply["id"], 77);
     assert_eq!(reply["reply"]["error"]["code"], "not_found");
-    let reply = json.raw(r#"{"version":1,"id":78,"request":"host_status"}"#);
+    let reply = json.raw(r#"{"version":2,"id":78,"request":"host_status"}"#);
     assert_eq!(reply["reply"]["ok"]["host_status"]["sim"], true);
 }
 
@@ -382,7 +382,7 @@ fn roles_limit_what_each_caller_sees_and_does_body() {
         NOGROUP,
         &[
             "raw",
-            r#"{"version":1,"id":3,"request":{"show_instance":{"instance":"red-1"}}}"#,
+            r#"{"version":2,"id":3,"request":{"show_instance":{"instance":"red-1"}}}"#,
         ],
     );
     assert_eq!(json_of(&raw)["reply"]["error"]["code"], "not_found");
@@ -492,7 +492,13 @@ fn bad_input_gets_typed_errors_and_the_daemon_keeps_serving_body() {
 
     // Garbage body: bad_request, and the connection stays usable.
     let mut garbage = UnixStream::connect(hostd.socket()).unwrap();
-    let junk = [0x01u8, 0x05, 0xff, 0xff, 0xff, 0x13, 0x37];
+    // Postcard varints: the current version (one byte below 128), id 5, then no valid request.
+    let version = u8::try_from(hostd_proto::PROTOCOL_VERSION).unwrap();
+    assert!(
+        version < 0x80,
+        "the version must stay a one-byte varint here"
+    );
+    let junk = [version, 0x05, 0xff, 0xff, 0xff, 0x13, 0x37];
     garbage
         .write_all(&(junk.len() as u32).to_le_bytes())
         .unwrap();
@@ -501,7 +507,7 @@ fn bad_input_gets_typed_errors_and_the_daemon_keeps_serving_body() {
     assert_eq!(reply.id, 5, "the id is read before the bad part");
     assert_eq!(error_code(&reply), ErrorCode::BadRequest);
     let hello = RequestEnvelope {
-        version: 1,
+        version: hostd_proto::PROTOCOL_VERSION,
         id: 6,
         request: Request::Hello,
     };
@@ -532,7 +538,7 @@ fn bad_input_gets_typed_errors_and_the_daemon_keeps_serving_body() {
 
     // JSON: wrong types and garbage keep the id and the connection.
     let mut json = JsonClient::connect(&hostd.socket());
-    let reply = json.raw(r#"{"version":1,"id":9,"request":{"start_instance":{"instance":42}}}"#);
+    let reply = json.raw(r#"{"version":2,"id":9,"request":{"start_instance":{"instance":42}}}"#);
     assert_eq!(
         (
             reply["id"].as_u64(),
@@ -540,13 +546,13 @@ fn bad_input_gets_typed_errors_and_the_daemon_keeps_serving_body() {
         ),
         (Some(9), Some("bad_request"))
     );
-    let reply = json.raw(r#"{"version":1,"id":10,"request":{"no_such_call":{}}}"#);
+    let reply = json.raw(r#"{"version":2,"id":10,"request":{"no_such_call":{}}}"#);
     assert_eq!(reply["reply"]["error"]["code"], "bad_request");
-    let reply = json.raw(r#"{"version":2,"id":11,"request":"hello"}"#);
+    let reply = json.raw(r#"{"version":99,"id":11,"request":"hello"}"#);
     assert_eq!(reply["reply"]["error"]["code"], "unsupported_version");
     let reply = json.raw("{not json at all");
     assert_eq!(reply["reply"]["error"]["code"], "bad_request");
-    let reply = json.raw(r#"{"version":1,"id":12,"request":"hello"}"#);
+    let reply = json.raw(r#"{"version":2,"id":12,"request":"hello"}"#);
     assert_eq!(reply["reply"]["ok"]["hello"]["role"], "admin");
 
     // And other clients are served.

@@ -230,9 +230,10 @@ mod tests {
             decode_request(&trailing),
             Err(DecodeError::Malformed { id: 42, .. })
         ));
-        // Version 1, id 1, then a variant index far past the last call.
+        // This version, id 1, then a variant index far past the last call.
+        let version = u8::try_from(crate::PROTOCOL_VERSION).unwrap();
         assert!(matches!(
-            decode_request(&[1, 1, 0x7f]),
+            decode_request(&[version, 1, 0x7f]),
             Err(DecodeError::Malformed { .. })
         ));
         assert!(decode_request(&[]).is_err());

@@ -62,7 +62,7 @@ mod tests {
     #[test]
     fn the_json_form_uses_snake_case_tags() {
         let envelope = RequestEnvelope {
-            version: 1,
+            version: crate::PROTOCOL_VERSION,
             id: 5,
             request: Request::StopInstance(StopInstance {
                 instance: name("web-1"),
@@ -73,7 +73,7 @@ mod tests {
         let line = encode_line(&envelope).unwrap();
         assert_eq!(
             std::str::from_utf8(&line).unwrap(),
-            "{\"version\":1,\"id\":5,\"request\":{\"stop_instance\":\
+            "{\"version\":2,\"id\":5,\"request\":{\"stop_instance\":\
              {\"instance\":\"web-1\",\"force\":true,\"timeout_ms\":null}}}\n"
         );
         assert_eq!(
@@ -81,9 +81,9 @@ mod tests {
             envelope
         );
         // Optional fields may be left out.
-        let short = br#"{"version":1,"id":6,"request":{"stop_instance":{"instance":"a"}}}"#;
+        let short = br#"{"version":2,"id":6,"request":{"stop_instance":{"instance":"a"}}}"#;
         assert!(decode_request_line(short).is_ok());
-        let unit = br#"{"version":1,"id":6,"request":"host_status"}"#;
+        let unit = br#"{"version":2,"id":6,"request":"host_status"}"#;
         assert_eq!(
             decode_request_line(unit).unwrap().request,
             Request::HostStatus
@@ -92,15 +92,15 @@ mod tests {
 
     #[test]
     fn wrong_types_versions_and_garbage_keep_the_id() {
-        let wrong = br#"{"version":1,"id":8,"request":{"start_instance":{"instance":5}}}"#;
+        let wrong = br#"{"version":2,"id":8,"request":{"start_instance":{"instance":5}}}"#;
         assert!(matches!(
             decode_request_line(wrong),
             Err(DecodeError::Malformed { id: 8, .. })
         ));
-        let version = br#"{"version":2,"id":9,"request":"hello"}"#;
+        let version = br#"{"version":99,"id":9,"request":"hello"}"#;
         assert_eq!(
             decode_request_line(version),
-            Err(DecodeError::UnsupportedVersion { id: 9, version: 2 })
+            Err(DecodeError::UnsupportedVersion { id: 9, version: 99 })
         );
         assert!(decode_request_line(b"{nonsense").is_err());
         let missing = br#"{"id":4,"request":"hello"}"#;

@@ -69,7 +69,7 @@ pub use response::{
 
 /// The protocol version this crate speaks. A request with another version is refused with
 /// [`ErrorCode::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest message body (the `u32` length does not count), in either form.
 pub const MAX_FRAME_BYTES: u32 = 64 * 1024;

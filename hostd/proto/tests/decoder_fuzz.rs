@@ -40,7 +40,7 @@ fn samples() -> Vec<RequestEnvelope> {
     .into_iter()
     .enumerate()
     .map(|(id, request)| RequestEnvelope {
-        version: 1,
+        version: hostd_proto::PROTOCOL_VERSION,
         id: id as u32,
         request,
     })

@@ -215,7 +215,7 @@ pub enum Cmd {
     /// Send one JSON request line and print the JSON reply (for GUI developers).
     #[command(hide = true)]
     Raw {
-        /// The request, e.g. '{"version":1,"id":1,"request":"host_status"}'.
+        /// The request, e.g. '{"version":2,"id":1,"request":"host_status"}'.
         request: String,
     },
 }
