@@ -224,13 +224,16 @@ fn a_guest_gets_a_configured_vf_at_start_and_it_comes_back_at_stop_body() {
     assert_eq!(stopped.vfs[0].addr, None);
     assert_eq!(driver(&nic, "0000:01:10.0"), Driver::Kernel("igbvf".into()));
     let state = sriov::read_vf_states(&nic, pf("0000:01:00.0")).unwrap()[0].clone();
-    assert_eq!((state.vlan.id, state.rate.max_mbps), (0, 0));
+    assert_eq!(
+        (state.mac, state.vlan.id, state.rate.max_mbps),
+        (None, 0, 0)
+    );
     assert!(inventory(&hostd).vf_owners.is_empty());
     let back = events(&hostd, "a", released);
     assert!(
-        back.last().unwrap().ends_with(
-            "released: mac kept (the simulated NIC cannot clear one); vlan restored; max_tx_rate restored; back on igbvf"
-        ),
+        back.last()
+            .unwrap()
+            .ends_with("released: mac cleared; vlan restored; max_tx_rate restored; back on igbvf"),
         "{back:?}"
     );
 

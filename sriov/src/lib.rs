@@ -37,7 +37,7 @@ pub use host::{Host, KernelWriter, RealKernel};
 pub use iommu::{IommuGroup, Viability, group_viability, iommu_group_of};
 pub use numvfs::{NumVfsOptions, set_num_vfs, vfs_in_use};
 pub use pci_address::{PciAddress, PciAddressError};
-pub use vf_config::{VfControl, configure_vf, read_vf_states};
+pub use vf_config::{VfControl, clear_vf_mac, configure_vf, read_vf_states};
 pub use vf_netlink::NetlinkVfControl;
 pub use vf_settings::{
     LinkState, MacAddr, SettingError, TxRate, VfSetting, VfSettings, VfState, VfVlan, VlanProto,

@@ -9,7 +9,7 @@ use crate::PciAddress;
 use crate::discovery::{device_dir, read_function};
 use crate::error::SriovError;
 use crate::host::Host;
-use crate::vf_settings::{VfSetting, VfSettings, VfState};
+use crate::vf_settings::{MacAddr, VfSetting, VfSettings, VfState};
 
 /// Applies VF settings and reads VF state: the PF's driver through rtnetlink on a real host,
 /// a model in the simulator.
@@ -57,20 +57,9 @@ pub fn configure_vf(
     settings: &VfSettings,
 ) -> Result<VfState, SriovError> {
     settings.validate()?;
-    let net = pf_net(host, pf)?;
-    if index >= net.num_vfs {
-        return Err(SriovError::VfIndexOutOfRange {
-            pf,
-            index,
-            num_vfs: net.num_vfs,
-        });
-    }
-    let control = host.vf_control();
+    let net = pf_net_with_vf(host, pf, index)?;
     for setting in settings.each() {
-        log::info!("PF {pf} ({}): VF {index} {setting}", net.netdev);
-        control
-            .apply(&net.netdev, index, setting)
-            .map_err(|source| refusal(pf, &net, index, setting, source))?;
+        apply(host, pf, &net, index, setting)?;
     }
     let state = read_one(host, pf, &net, index)?;
     for setting in settings.each() {
@@ -85,6 +74,51 @@ pub fn configure_vf(
         }
     }
     Ok(state)
+}
+
+/// Removes the MAC address the PF set on VF `index` of `pf` (the all-zero address, which
+/// the PF's driver takes as "none": the VF's next user picks its own), then reads back that
+/// it has none. [`configure_vf`] refuses the all-zero address: it only sets unicast ones.
+pub fn clear_vf_mac(host: &Host, pf: PciAddress, index: u32) -> Result<VfState, SriovError> {
+    let net = pf_net_with_vf(host, pf, index)?;
+    apply(host, pf, &net, index, VfSetting::Mac(MacAddr([0; 6])))?;
+    let state = read_one(host, pf, &net, index)?;
+    match state.mac {
+        None => Ok(state),
+        Some(mac) => Err(SriovError::VfSettingNotApplied {
+            pf,
+            driver: net.driver,
+            index,
+            setting: "mac cleared".into(),
+            reported: format!("mac {mac}"),
+        }),
+    }
+}
+
+/// The PF's netdev, checked to have VF `index`.
+fn pf_net_with_vf(host: &Host, pf: PciAddress, index: u32) -> Result<PfNet, SriovError> {
+    let net = pf_net(host, pf)?;
+    if index >= net.num_vfs {
+        return Err(SriovError::VfIndexOutOfRange {
+            pf,
+            index,
+            num_vfs: net.num_vfs,
+        });
+    }
+    Ok(net)
+}
+
+fn apply(
+    host: &Host,
+    pf: PciAddress,
+    net: &PfNet,
+    index: u32,
+    setting: VfSetting,
+) -> Result<(), SriovError> {
+    log::info!("PF {pf} ({}): VF {index} {setting}", net.netdev);
+    host.vf_control()
+        .apply(&net.netdev, index, setting)
+        .map_err(|source| refusal(pf, net, index, setting, source))
 }
 
 /// Every VF's settings, as the PF's driver reports them.

@@ -286,6 +286,14 @@ fn vf_settings_on_two_of_seven_vfs_read_back_by_us_and_by_iproute2() {
             );
         }
     }
+    // The MAC the PF set is removed again (what hostd does when a guest lets its VF go).
+    let state = sriov::clear_vf_mac(&host, pf0(), 4).unwrap();
+    assert_eq!(state.mac, None);
+    let line = iproute2_vf_line(&netdev, 4);
+    assert!(
+        line.contains("link/ether 00:00:00:00:00:00"),
+        "iproute2 says `{line}`"
+    );
     // The others are untouched.
     let states = sriov::read_vf_states(&host, pf0()).unwrap();
     assert_eq!(states.len(), 7);

@@ -249,3 +249,57 @@ fn a_pf_without_its_netdev_cannot_configure_vfs() {
     .unwrap_err();
     assert!(matches!(err, SriovError::PfHasNoNetdev { .. }), "{err}");
 }
+
+#[test]
+fn a_pf_set_mac_is_cleared_and_read_back_as_none() {
+    let (_dir, sim, pf) = lab(2);
+    let host = sim.host();
+    let with_mac = VfSettings {
+        mac: Some(mac("02:00:00:00:01:05")),
+        ..Default::default()
+    };
+    sriov::configure_vf(&host, pf, 1, &with_mac).unwrap();
+    let state = sriov::clear_vf_mac(&host, pf, 1).unwrap();
+    assert_eq!(state.mac, None);
+    assert_eq!(sriov::read_vf_states(&host, pf).unwrap()[1].mac, None);
+    // Clearing is not a way to pass the all-zero address to configure_vf.
+    let zero = VfSettings {
+        mac: Some(MacAddr([0; 6])),
+        ..Default::default()
+    };
+    assert!(sriov::configure_vf(&host, pf, 1, &zero).is_err());
+    let err = sriov::clear_vf_mac(&host, pf, 2).unwrap_err();
+    assert!(
+        matches!(err, SriovError::VfIndexOutOfRange { num_vfs: 2, .. }),
+        "{err}"
+    );
+}
+
+/// A PF driver that accepts every setting and keeps the MAC it had.
+#[derive(Debug)]
+struct KeepsItsMac;
+
+impl VfControl for KeepsItsMac {
+    fn apply(&self, _: &str, _: u32, _: VfSetting) -> io::Result<()> {
+        Ok(())
+    }
+    fn read(&self, _: &str) -> io::Result<Vec<VfState>> {
+        Ok(vec![VfState {
+            index: 0,
+            mac: Some(mac("02:00:00:00:01:06")),
+            ..Default::default()
+        }])
+    }
+}
+
+#[test]
+fn a_mac_the_driver_keeps_is_reported_not_cleared() {
+    let (_dir, sim, pf) = lab(1);
+    let host = sim.host().with_vf_control(Arc::new(KeepsItsMac));
+    let err = sriov::clear_vf_mac(&host, pf, 0).unwrap_err();
+    assert!(
+        matches!(&err, SriovError::VfSettingNotApplied { setting, .. } if setting == "mac cleared"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("02:00:00:00:01:06"), "{err}");
+}

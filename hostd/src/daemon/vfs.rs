@@ -76,7 +76,7 @@ impl Daemon {
                 continue;
             };
             let vf = &record.vfs[i];
-            let released = hardware::release(&self.nic, self.host_kind, policy, vf, &a);
+            let released = hardware::release(&self.nic, policy, vf, &a);
             let reason = format!("{} released: {}", vf_name(vf, &a), released.summary());
             events.push(self.event(
                 &Actor::Hostd,

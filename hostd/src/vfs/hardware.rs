@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use sriov::{Driver, Host, MacAddr, PciAddress, VfControl, VfSetting, VfSettings, Viability};
+use sriov::{Driver, Host, PciAddress, VfSetting, VfSettings, Viability};
 
 use super::error::{VfError, VfName};
 use crate::config::VfRelease;
@@ -142,7 +142,6 @@ fn only(setting: VfSetting) -> VfSettings {
 /// Puts back, one by one, what the instance set on the VF.
 fn restore_settings(
     host: &Host,
-    kind: HostKind,
     vf: &InstanceVf,
     a: &VfAssignment,
     pf: PciAddress,
@@ -170,36 +169,19 @@ fn restore_settings(
                     .problems
                     .push(format!("{} not restored ({err})", back.name())),
             },
-            None if matches!(applied, VfSetting::Mac(_)) => clear_mac(host, kind, pf, a, out),
+            None if matches!(applied, VfSetting::Mac(_)) => clear_mac(host, pf, a, out),
             None => {}
         }
     }
 }
 
 /// The VF had no MAC of the PF's: set it back to none (all zeros, which igb takes as
-/// "remove the administratively set MAC", so the next user picks its own).
-///
-/// The sriov crate's `configure_vf` refuses an all-zero MAC (it checks for unicast), so on
-/// the real host the clear goes through its rtnetlink control directly; the simulated host
-/// has no such path and keeps the MAC (said in the report).
-fn clear_mac(host: &Host, kind: HostKind, pf: PciAddress, a: &VfAssignment, out: &mut Released) {
-    if kind == HostKind::Simulated {
-        out.done
-            .push("mac kept (the simulated NIC cannot clear one)".into());
-        return;
-    }
-    let netdev = sriov::read_function(host, pf)
-        .ok()
-        .and_then(|f| f.netdevs.first().map(|n| n.name.clone()));
-    let Some(netdev) = netdev else {
-        out.problems
-            .push(format!("mac not cleared (PF {pf} has no netdev)"));
-        return;
-    };
-    match sriov::NetlinkVfControl.apply(&netdev, a.index, VfSetting::Mac(MacAddr([0; 6]))) {
-        Ok(()) => out.done.push("mac cleared".into()),
+/// "remove the administratively set MAC"), so the next user picks its own.
+fn clear_mac(host: &Host, pf: PciAddress, a: &VfAssignment, out: &mut Released) {
+    match sriov::clear_vf_mac(host, pf, a.index) {
+        Ok(_) => out.done.push("mac cleared".into()),
         Err(err) => out.problems.push(format!(
-            "mac not cleared ({err}): ip link set {netdev} vf {} mac 00:00:00:00:00:00",
+            "mac not cleared ({err}): `ip link set <PF {pf} netdev> vf {} mac 00:00:00:00:00:00`",
             a.index
         )),
     }
@@ -207,13 +189,7 @@ fn clear_mac(host: &Host, kind: HostKind, pf: PciAddress, a: &VfAssignment, out:
 
 /// Gives the VF of assignment `a` back once its VMM is gone: the settings the instance
 /// changed as they were, then the driver as `policy` says.
-pub fn release(
-    host: &Host,
-    kind: HostKind,
-    policy: VfRelease,
-    vf: &InstanceVf,
-    a: &VfAssignment,
-) -> Released {
+pub fn release(host: &Host, policy: VfRelease, vf: &InstanceVf, a: &VfAssignment) -> Released {
     let started = std::time::Instant::now();
     let name = vf_name(vf, a);
     let mut out = Released::default();
@@ -233,7 +209,7 @@ pub fn release(
             Driver::None
         }
     };
-    restore_settings(host, kind, vf, a, pf, &mut out);
+    restore_settings(host, vf, a, pf, &mut out);
     let target = match policy {
         VfRelease::VfioPci => None,
         VfRelease::HostDriver => match a.driver_before.as_str() {

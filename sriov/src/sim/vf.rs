@@ -101,7 +101,8 @@ impl VfControl for SimVfControl {
         self.refuse_like_the_driver(pf, setting)?;
         let mut state = self.load(pf, index)?;
         match setting {
-            VfSetting::Mac(m) => state.mac = Some(m),
+            // All zeros removes the PF-set address, as on igb: the VF reports none.
+            VfSetting::Mac(m) => state.mac = (m.0 != [0; 6]).then_some(m),
             VfSetting::Vlan(v) => state.vlan = v,
             VfSetting::SpoofCheck(on) => state.spoof_check = Some(on),
             VfSetting::Trust(on) => state.trust = Some(on),
