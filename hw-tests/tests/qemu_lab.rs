@@ -26,15 +26,17 @@ fn the_suite_passes_on_the_emulated_appliance() {
         .arg(&report_path)
         .arg("--junit")
         .arg(&junit_path)
+        // Kept after the test, for a failure's whole story.
         .arg("--console-log")
-        .arg(dir.path().join("console.log"))
+        .arg(initramfs::binaries::workspace_root().join("target/hw-qemu/qemu_lab-console.log"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "hw-qemu failed ({}):\n{stderr}",
-        out.status
+        "hw-qemu failed ({}):\n{}",
+        out.status,
+        after_the_build(&stderr)
     );
 
     let report =
@@ -84,4 +86,12 @@ fn the_suite_passes_on_the_emulated_appliance() {
         let line = format!("hw-qemu: lab test {}: passed", test.file_name());
         assert!(stderr.contains(&line), "no `{line}` in:\n{stderr}");
     }
+}
+
+/// hw-qemu's stderr from the image line on: the build's cargo output before it says nothing
+/// about the lab, and would push what went wrong out of a CI log's excerpt.
+fn after_the_build(stderr: &str) -> &str {
+    stderr
+        .find("hw-qemu: image ")
+        .map_or(stderr, |at| &stderr[at..])
 }

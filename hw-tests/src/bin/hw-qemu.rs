@@ -32,9 +32,13 @@ struct Args {
     /// The factory profile to run.
     #[arg(long, default_value_os_t = binaries::workspace_root().join("hw-tests/profiles/qemu-lab.toml"))]
     profile: PathBuf,
-    /// Time limit for the whole run, in seconds.
+    /// Time limit for boot and the suite, in seconds.
     #[arg(long, default_value_t = 240)]
     timeout: u64,
+    /// Time limit for each lab test, in seconds (they take 5 to 40 s on an idle machine; the
+    /// limit leaves room for a loaded CI machine).
+    #[arg(long, default_value_t = 300)]
+    lab_test_timeout: u64,
     /// Where to write the guest's console output.
     #[arg(long)]
     console_log: Option<PathBuf>,
@@ -111,6 +115,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
         profile_text,
         timeout: Duration::from_secs(args.timeout),
+        lab_test_timeout: Duration::from_secs(args.lab_test_timeout),
         console_log: console_log.clone(),
         lab_tests: if args.no_lab {
             Vec::new()
@@ -147,17 +152,26 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         console_log.display()
     );
     for t in &result.lab_tests {
-        let verdict = if t.passed() { "passed" } else { "FAILED" };
         let (p, f) = t.summary.unwrap_or((0, 0));
-        eprintln!(
-            "hw-qemu: lab test {}: {verdict} ({p} passed, {f} failed, exit {}, {:.1} s)",
-            t.name,
-            t.exit,
-            t.duration.as_secs_f64()
-        );
-        if !t.passed() {
-            eprintln!("{}", t.output.replace('\r', ""));
+        if t.timed_out {
+            eprintln!(
+                "hw-qemu: lab test {}: FAILED (TIMED OUT after {:.1} s, over --lab-test-timeout; the lab tests after it did not run)",
+                t.name,
+                t.duration.as_secs_f64()
+            );
+        } else {
+            let verdict = if t.passed() { "passed" } else { "FAILED" };
+            eprintln!(
+                "hw-qemu: lab test {}: {verdict} ({p} passed, {f} failed, exit {}, {:.1} s)",
+                t.name,
+                t.exit,
+                t.duration.as_secs_f64()
+            );
         }
+    }
+    for t in result.lab_tests.iter().filter(|t| !t.passed()) {
+        eprintln!("hw-qemu: ---- what lab test {} printed ----", t.name);
+        eprintln!("{}", t.output.replace('\r', ""));
     }
     if let Some(path) = &args.report {
         std::fs::write(path, result.report.to_json())?;
@@ -182,10 +196,21 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
 }
 
+/// Lines of the guest console shown on a failure (the whole log is in the file).
+const CONSOLE_TAIL_LINES: usize = 120;
+
 fn show_console(path: &std::path::Path) {
-    eprintln!("hw-qemu: ---- guest console ({}) ----", path.display());
+    eprintln!(
+        "hw-qemu: ---- guest console, last {CONSOLE_TAIL_LINES} lines (all of it: {}) ----",
+        path.display()
+    );
     match std::fs::read_to_string(path) {
-        Ok(text) => eprintln!("{}", text.replace('\r', "")),
+        Ok(text) => {
+            let text = text.replace('\r', "");
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
+            eprintln!("{}", lines[from..].join("\n"));
+        }
         Err(e) => eprintln!("(cannot read it: {e})"),
     }
     eprintln!("hw-qemu: ---- end of guest console ----");

@@ -31,8 +31,11 @@ pub struct LabRun {
     pub machine: LabMachine,
     /// The factory profile's text.
     pub profile_text: String,
-    /// The whole run's time limit.
+    /// Time limit for boot, hostd and the suite.
     pub timeout: Duration,
+    /// Time limit for each lab test. A test over it is recorded as timed out and ends the
+    /// run (the guest's shell is still busy with it).
+    pub lab_test_timeout: Duration,
     /// Where the guest's console output is written.
     pub console_log: PathBuf,
     /// Lab tests to run after the suite (their file names in the lab image).
@@ -52,12 +55,14 @@ pub struct LabTestRun {
     pub output: String,
     /// How long it took.
     pub duration: Duration,
+    /// It did not finish within the lab test time limit (`exit` is then meaningless).
+    pub timed_out: bool,
 }
 
 impl LabTestRun {
-    /// Passed: exit status 0 and a summary with no failure and at least one test.
+    /// Passed: finished, exit status 0 and a summary with no failure and at least one test.
     pub fn passed(&self) -> bool {
-        self.exit == 0 && matches!(self.summary, Some((p, 0)) if p > 0)
+        !self.timed_out && self.exit == 0 && matches!(self.summary, Some((p, 0)) if p > 0)
     }
 }
 
@@ -171,7 +176,12 @@ pub fn run(lab: &LabRun) -> Result<LabResult, LabError> {
 
     let mut lab_tests = Vec::new();
     for name in &lab.lab_tests {
-        lab_tests.push(run_lab_test(&mut console, name, deadline)?);
+        let run = run_lab_test(&mut console, name, lab.lab_test_timeout)?;
+        let timed_out = run.timed_out;
+        lab_tests.push(run);
+        if timed_out {
+            break;
+        }
     }
 
     console.send_line("poweroff -f")?;
@@ -212,10 +222,11 @@ fn wait_for_hostd(console: &mut Console, deadline: Instant) -> Result<(), LabErr
 }
 
 /// Runs one lab test executable in the guest, one test at a time (they share the hardware).
+/// Over `limit`, the run is returned as timed out with what the test printed so far.
 fn run_lab_test(
     console: &mut Console,
     name: &str,
-    deadline: Instant,
+    limit: Duration,
 ) -> Result<LabTestRun, LabError> {
     let start = Instant::now();
     let mark = console.output().len();
@@ -223,16 +234,28 @@ fn run_lab_test(
     console.send_line(&format!(
         "{GUEST_LAB_TESTS}/{name} --test-threads=1 --nocapture; echo \"{marker}$?\""
     ))?;
-    let output = console.wait_until(mark, &format!("lab test {name}"), deadline, |out| {
+    let waited = console.wait_until(mark, &format!("lab test {name}"), start + limit, |out| {
         status_after(out, &marker).is_some()
-    })?;
-    let exit = status_after(&output, &marker).ok_or(LabError::ExitStatus)?;
+    });
+    let (output, timed_out) = match waited {
+        Ok(output) => (output, false),
+        Err(ConsoleError::Timeout { .. }) => {
+            (console.output().get(mark..).unwrap_or("").to_string(), true)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let exit = match status_after(&output, &marker) {
+        Some(exit) => exit,
+        None if timed_out => -1,
+        None => return Err(LabError::ExitStatus),
+    };
     Ok(LabTestRun {
         name: name.into(),
         exit,
         summary: libtest_summary(&output),
         output,
         duration: start.elapsed(),
+        timed_out,
     })
 }
 
@@ -292,6 +315,7 @@ mod tests {
             summary,
             output: String::new(),
             duration: Duration::ZERO,
+            timed_out: false,
         };
         assert!(run(0, Some((6, 0))).passed());
         assert!(!run(101, Some((5, 1))).passed());
@@ -300,6 +324,11 @@ mod tests {
             "a binary that ran no test did not pass"
         );
         assert!(!run(0, None).passed(), "no summary: output lost or mangled");
+        let late = LabTestRun {
+            timed_out: true,
+            ..run(0, Some((6, 0)))
+        };
+        assert!(!late.passed(), "a test over its time limit did not pass");
     }
 
     #[test]
