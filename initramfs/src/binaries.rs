@@ -44,6 +44,11 @@ pub const APPLIANCE_BINARIES: &[OurBinary] = &[
         bin: "hostctl",
         dest: "usr/bin/hostctl",
     },
+    OurBinary {
+        package: "fastpath",
+        bin: "fastpath",
+        dest: "usr/bin/fastpath",
+    },
 ];
 
 /// A test target of ours that needs the QEMU lab's hardware: built with its package's `lab`
