@@ -16,6 +16,8 @@ pub struct Console {
     child: Child,
     stdin: ChildStdin,
     output: Arc<Mutex<String>>,
+    /// What QEMU itself printed on stderr (also passed on to ours).
+    qemu_said: Arc<Mutex<String>>,
     reader: Option<thread::JoinHandle<()>>,
 }
 
@@ -40,12 +42,14 @@ pub enum ConsoleError {
         secs: u64,
     },
     /// The guest (QEMU) ended.
-    #[error("QEMU exited ({status}) while waiting for {waiting_for}")]
+    #[error("QEMU exited ({status}) while waiting for {waiting_for}; QEMU said: {qemu_said}")]
     Exited {
         /// How it ended.
         status: std::process::ExitStatus,
         /// What was awaited.
         waiting_for: String,
+        /// The end of QEMU's own stderr.
+        qemu_said: String,
     },
     /// Typing failed.
     #[error("cannot write to the console: {0}")]
@@ -64,36 +68,26 @@ impl Console {
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(spawn_err)?;
-        let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
             let _ = child.kill();
             return Err(spawn_err(std::io::Error::other("no stdio pipes")));
         };
         let output = Arc::new(Mutex::new(String::new()));
-        let sink = output.clone();
-        let reader = thread::Builder::new()
-            .name("console-reader".into())
-            .spawn(move || {
-                let mut log = BufWriter::new(log_file);
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stdout.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let _ = log.write_all(&buf[..n]);
-                    let _ = log.flush();
-                    sink.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            })
-            .map_err(spawn_err)?;
+        let reader =
+            copy_out("console-reader", stdout, log_file, output.clone()).map_err(spawn_err)?;
+        // QEMU's own messages go on to our stderr as before, and are kept for the errors.
+        let qemu_said = Arc::new(Mutex::new(String::new()));
+        copy_out("qemu-stderr", stderr, std::io::stderr(), qemu_said.clone()).map_err(spawn_err)?;
         Ok(Self {
             child,
             stdin,
             output,
+            qemu_said,
             reader: Some(reader),
         })
     }
@@ -123,9 +117,13 @@ impl Console {
                 return Ok(tail.to_string());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Its stderr reader may still be copying the last words.
+                thread::sleep(Duration::from_millis(200));
+                let said = self.qemu_said.lock().unwrap_or_else(|p| p.into_inner());
                 return Err(ConsoleError::Exited {
                     status,
                     waiting_for: waiting_for.into(),
+                    qemu_said: said.trim().to_string(),
                 });
             }
             if Instant::now() >= deadline {
@@ -136,6 +134,12 @@ impl Console {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Types bytes as they are (a control character such as Ctrl-C, 0x03).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ConsoleError> {
+        self.stdin.write_all(bytes).map_err(ConsoleError::Write)?;
+        self.stdin.flush().map_err(ConsoleError::Write)
     }
 
     /// Types a line.
@@ -174,5 +178,70 @@ impl Drop for Console {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Copies `source` to `copy` and to the end of `kept` until it ends, on a thread of its own.
+fn copy_out(
+    name: &str,
+    mut source: impl Read + Send + 'static,
+    copy: impl Write + Send + 'static,
+    kept: Arc<Mutex<String>>,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new().name(name.into()).spawn(move || {
+        let mut copy = BufWriter::new(copy);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = source.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = copy.write_all(&buf[..n]);
+            let _ = copy.flush();
+            kept.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+}
+
+impl ConsoleError {
+    /// QEMU itself died of a failed assertion (SIGABRT with `Assertion` on its stderr): a bug
+    /// of the emulator, not of what runs in it.
+    pub fn is_qemu_assertion(&self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        matches!(self, Self::Exited { status, qemu_said, .. }
+            if status.signal() == Some(libc::SIGABRT) && qemu_said.contains("Assertion"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::*;
+
+    fn exited(raw_wait_status: i32, qemu_said: &str) -> ConsoleError {
+        ConsoleError::Exited {
+            status: ExitStatus::from_raw(raw_wait_status),
+            waiting_for: "the report".into(),
+            qemu_said: qemu_said.into(),
+        }
+    }
+
+    #[test]
+    fn only_qemus_own_failed_assertion_counts_as_its_bug() {
+        let assertion = "qemu-system-x86_64: system/physmem.c:2678: iotlb_to_section: \
+                         Assertion `section_index < d->map.sections_nb' failed.";
+        // A wait status of 6: killed by SIGABRT.
+        assert!(exited(6, assertion).is_qemu_assertion());
+        assert!(!exited(6, "").is_qemu_assertion(), "SIGABRT alone");
+        assert!(!exited(9, assertion).is_qemu_assertion(), "killed");
+        assert!(!exited(1 << 8, assertion).is_qemu_assertion(), "exit 1");
+        let timeout = ConsoleError::Timeout {
+            waiting_for: "x".into(),
+            secs: 1,
+        };
+        assert!(!timeout.is_qemu_assertion());
     }
 }

@@ -240,6 +240,7 @@ fn run_lab_test(
     let (output, timed_out) = match waited {
         Ok(output) => (output, false),
         Err(ConsoleError::Timeout { .. }) => {
+            diagnose_hang(console)?;
             (console.output().get(mark..).unwrap_or("").to_string(), true)
         }
         Err(e) => return Err(e.into()),
@@ -257,6 +258,42 @@ fn run_lab_test(
         duration: start.elapsed(),
         timed_out,
     })
+}
+
+/// What the guest shows of a hung lab test, typed after a Ctrl-C (which ends the test
+/// unless it is stuck in the kernel; typed lines wait in the tty until the shell reads them):
+/// every process with its state and kernel wait channel, the kernel stacks of those in
+/// uninterruptible sleep and of hostd's and the VMMs' threads, the end of hostd's logs and of
+/// the kernel's. The end marker is assembled by printf, so the echoed line never matches it.
+const HANG_DIAGNOSTICS: &[&str] = &[
+    "echo '---- processes: pid state comm wchan ----'",
+    "for p in /proc/[0-9]*; do echo \"${p#/proc/} $(cut -d' ' -f3 $p/stat 2>/dev/null) $(cat $p/comm 2>/dev/null) $(cat $p/wchan 2>/dev/null)\"; done",
+    "echo '---- kernel stacks ----'",
+    "for t in /proc/[0-9]*/task/*; do c=$(cat $t/comm 2>/dev/null); s=$(cut -d' ' -f3 $t/stat 2>/dev/null); case \"$s $c\" in D*|*hostd*|*vcpu*|*lab_as*|*vmm*) echo \"$t $c $s\"; cat $t/stack 2>/dev/null;; esac; done",
+    "echo '---- hostd logs ----'; tail -n 40 /var/log/hostd*.log",
+    "echo '---- dmesg ----'; dmesg | tail -n 40",
+    "printf 'lab-hang-%s\\n' diagnosed",
+];
+
+/// How long the hang diagnostics may take.
+const DIAGNOSTICS_TIME: Duration = Duration::from_secs(60);
+
+/// Interrupts a hung lab test and has the guest print what it was doing (into the console
+/// output, which the caller keeps with the test's).
+fn diagnose_hang(console: &mut Console) -> Result<(), LabError> {
+    let mark = console.output().len();
+    console.send_raw(&[0x03])?;
+    std::thread::sleep(Duration::from_secs(1));
+    for line in HANG_DIAGNOSTICS {
+        console.send_line(line)?;
+    }
+    let deadline = Instant::now() + DIAGNOSTICS_TIME;
+    match console.wait_until(mark, "the hang diagnostics", deadline, |out| {
+        out.contains("lab-hang-diagnosed")
+    }) {
+        Ok(_) | Err(ConsoleError::Timeout { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// libtest's `test result: ok. N passed; M failed; ...` as (N, M).
