@@ -4,7 +4,8 @@
 //!
 //! Resources are reserved when an instance is created (and changed by resize), and
 //! released when it is deleted, so a defined or stopped instance keeps what it will need
-//! to start. Guest cores are dedicated: one instance's vCPU per core, never shared.
+//! to start. Guest cores are dedicated: one instance's vCPU per core, never shared, and
+//! never one the fast path holds (the cores its config names, while hostd runs it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -57,6 +58,8 @@ pub struct Resources<'a> {
     pub inventory: &'a Inventory,
     /// Every instance (their reservations).
     pub instances: &'a BTreeMap<u32, InstanceRecord>,
+    /// Cores the fast path holds now (none while it is disabled or failed).
+    pub fastpath_cores: &'a BTreeSet<u16>,
 }
 
 impl Resources<'_> {
@@ -73,9 +76,13 @@ impl Resources<'_> {
             .collect()
     }
 
-    /// Guest cores not held by any instance other than `me`.
+    /// Guest cores held by neither the fast path nor any instance other than `me`.
     pub fn free_cores(&self, me: Option<u32>) -> BTreeSet<u16> {
-        let held: BTreeSet<u16> = self.others(me).flat_map(|i| i.cores.clone()).collect();
+        let held: BTreeSet<u16> = self
+            .others(me)
+            .flat_map(|i| i.cores.clone())
+            .chain(self.fastpath_cores.iter().copied())
+            .collect();
         self.guest_cores().difference(&held).copied().collect()
     }
 
@@ -111,6 +118,14 @@ impl Resources<'_> {
                         .map(|i| format!("{} ({})", i.name, cpulist::format(&i.cores)))
                         .collect();
                     owners.truncate(4);
+                    let fastpath: BTreeSet<u16> = self
+                        .guest_cores()
+                        .intersection(self.fastpath_cores)
+                        .copied()
+                        .collect();
+                    if !fastpath.is_empty() {
+                        owners.insert(0, format!("the fast path ({})", cpulist::format(&fastpath)));
+                    }
                     let held = if owners.is_empty() {
                         String::new()
                     } else {
@@ -137,6 +152,52 @@ impl Resources<'_> {
             }
         }
         Ok(cores)
+    }
+
+    /// Whether the fast path may have `cores` (the `cores[].cpu` of its config `file`):
+    /// online, not for the host, in `cores.fastpath` when that is set, and held by no guest.
+    /// The refusal names the core and what holds it.
+    pub fn check_fastpath_cores(&self, cores: &BTreeSet<u16>, file: &Path) -> Result<(), String> {
+        let file = file.display();
+        if cores.is_empty() {
+            return Err(format!(
+                "the fastpath config {file} names no cores: add a [[cores]] entry"
+            ));
+        }
+        for core in cores {
+            let named = format!("core {core} (cores[].cpu in {file})");
+            if !self.inventory.online.contains(core) {
+                return Err(format!(
+                    "{named} is not online (online: {}): use an online core",
+                    cpulist::format(&self.inventory.online)
+                ));
+            }
+            if self.config.housekeeping_cores.contains(core) {
+                return Err(format!(
+                    "{named} is a housekeeping core (cores.housekeeping = {}): the fast path \
+                     needs cores of its own",
+                    cpulist::format(&self.config.housekeeping_cores)
+                ));
+            }
+            let reserved = &self.config.fastpath_cores;
+            if !reserved.is_empty() && !reserved.contains(core) {
+                return Err(format!(
+                    "{named} is not in cores.fastpath ({}) of hostd's config: use one of those, \
+                     or add it there",
+                    cpulist::format(reserved)
+                ));
+            }
+            if let Some(holder) = self.instances.values().find(|i| i.cores.contains(core)) {
+                return Err(format!(
+                    "{named} is held by guest {} (cores {}): move the fast path to another \
+                     core, or delete or shrink {}",
+                    holder.name,
+                    cpulist::format(&holder.cores),
+                    holder.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The RAM guests may reserve, MiB.
@@ -437,6 +498,7 @@ pub(crate) mod tests {
             config: &config,
             inventory: &inventory,
             instances: &instances,
+            fastpath_cores: &BTreeSet::new(),
         };
         assert_eq!(res.allocate_cores(None, &[], 2).unwrap(), [6, 7]);
         let err = res.allocate_cores(None, &[], 4).unwrap_err();
@@ -456,6 +518,69 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fast_path_cores_are_never_given_to_a_guest() {
+        let (config, inventory) = (config(), inventory());
+        let instances: BTreeMap<u32, InstanceRecord> =
+            [(1, instance(1, vec![2, 3, 4], 1024))].into();
+        let fastpath: BTreeSet<u16> = [5, 6].into();
+        let res = Resources {
+            config: &config,
+            inventory: &inventory,
+            instances: &instances,
+            fastpath_cores: &fastpath,
+        };
+        assert_eq!(res.free_cores(None), [7].into());
+        assert_eq!(res.allocate_cores(None, &[], 1).unwrap(), [7]);
+        // An instance that asks for more is told who holds the rest, the fast path first.
+        let err = res.allocate_cores(None, &[], 2).unwrap_err();
+        assert!(
+            err.message.starts_with(
+                "needs 2 guest cores, 1 free (cores 7); held by the fast path (5,6), vm1 (2-4)"
+            ),
+            "{}",
+            err.message
+        );
+        // A reservation that names a fast-path core is moved off it at start.
+        assert_eq!(
+            res.allocate_cores(Some(1), &[2, 3, 5], 3).unwrap(),
+            [2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn the_fast_path_gets_only_dedicated_online_cores_no_guest_holds() {
+        let (mut config, inventory) = (config(), inventory());
+        let instances: BTreeMap<u32, InstanceRecord> = [(1, instance(1, vec![2, 3], 64))].into();
+        let file = Path::new("/etc/hostd/fastpath.toml");
+        let check = |config: &Config, cores: &[u16]| {
+            Resources {
+                config,
+                inventory: &inventory,
+                instances: &instances,
+                fastpath_cores: &BTreeSet::new(),
+            }
+            .check_fastpath_cores(&cores.iter().copied().collect(), file)
+        };
+        check(&config, &[4, 5]).unwrap();
+        let err = |cores: &[u16], config: &Config| check(config, cores).unwrap_err();
+        assert_eq!(
+            err(&[4, 3], &config),
+            "core 3 (cores[].cpu in /etc/hostd/fastpath.toml) is held by guest vm1 (cores \
+             2,3): move the fast path to another core, or delete or shrink vm1"
+        );
+        assert!(err(&[0], &config).contains("is a housekeeping core"));
+        assert!(err(&[9], &config).contains("is not online (online: 0-7)"));
+        assert!(err(&[], &config).contains("names no cores"));
+        config.fastpath_cores = [6].into();
+        assert!(
+            err(&[5], &config).contains("is not in cores.fastpath (6)"),
+            "{}",
+            err(&[5], &config)
+        );
+        check(&config, &[6]).unwrap();
+    }
+
+    #[test]
     fn ram_and_hugepage_overcommit_is_refused_with_numbers() {
         let (config, inventory) = (config(), inventory());
         let instances: BTreeMap<u32, InstanceRecord> = [(1, instance(1, vec![2], 6144))].into();
@@ -463,6 +588,7 @@ pub(crate) mod tests {
             config: &config,
             inventory: &inventory,
             instances: &instances,
+            fastpath_cores: &BTreeSet::new(),
         };
         res.check_memory(None, 2048, false).unwrap();
         let err = res.check_memory(None, 4096, false).unwrap_err();

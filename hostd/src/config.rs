@@ -77,6 +77,8 @@ pub struct ConfigFile {
     pub vmm: VmmFile,
     /// SR-IOV VFs.
     pub sriov: SriovFile,
+    /// The fast path (the fastpath process hostd starts and supervises).
+    pub fastpath: FastpathFile,
 }
 
 /// `[cores]`: the split of the online CPUs.
@@ -132,6 +134,25 @@ pub struct SriovFile {
     pub num_vfs: BTreeMap<String, u32>,
 }
 
+/// `[fastpath]`: whether hostd runs the fastpath process, and with what.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastpathFile {
+    /// Start and supervise fastpath. Default false.
+    pub enabled: Option<bool>,
+    /// The `fastpath` binary. Default: beside the `hostd` executable.
+    pub binary: Option<PathBuf>,
+    /// Its config file (TOML, or JSON when it ends in `.json`). Default
+    /// `/etc/hostd/fastpath.toml` (`<state_dir>/fastpath.toml` with `--sim`).
+    pub config: Option<PathBuf>,
+    /// Its control socket. Default `<runtime_dir>/fastpath.sock`.
+    pub control_socket: Option<PathBuf>,
+    /// How long it may take to answer on its control socket after spawn, ms. Default 15000.
+    pub start_timeout_ms: Option<u64>,
+    /// How long it gets after SIGTERM before SIGKILL when hostd stops it, ms. Default 5000.
+    pub stop_timeout_ms: Option<u64>,
+}
+
 /// Where a VF goes when its guest is done with it (its settings are restored either way).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -143,6 +164,23 @@ pub enum VfRelease {
     /// Stays on vfio-pci: no host netdev appears, and the next guest gets it without a
     /// rebind.
     VfioPci,
+}
+
+/// How hostd runs the fast path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastpathSettings {
+    /// hostd starts and supervises it.
+    pub enabled: bool,
+    /// The binary.
+    pub binary: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its control socket.
+    pub control_socket: PathBuf,
+    /// Start timeout (control socket answering), ms.
+    pub start_timeout_ms: u64,
+    /// SIGTERM to SIGKILL, ms.
+    pub stop_timeout_ms: u64,
 }
 
 /// The HA policy.
@@ -158,6 +196,23 @@ pub struct HaPolicy {
     pub backoff_max_ms: u64,
 }
 
+/// What the HA policy says after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Start again after `delay_ms`; this was failure `failures` within the window.
+    After {
+        /// The delay, ms.
+        delay_ms: u64,
+        /// Failures within the window, this one included.
+        failures: u32,
+    },
+    /// Too many failures within the window: do not restart.
+    GiveUp {
+        /// Failures within the window, this one included.
+        failures: u32,
+    },
+}
+
 impl HaPolicy {
     /// Delay before restart number `failures` (1-based): doubled each time, capped.
     pub fn backoff_ms(&self, failures: u32) -> u64 {
@@ -165,6 +220,23 @@ impl HaPolicy {
         self.backoff_initial_ms
             .saturating_mul(1u64 << shift)
             .min(self.backoff_max_ms)
+    }
+
+    /// Records a failure at `now_ms` in `failures` (the times of earlier ones; those out of
+    /// the window are dropped) and says whether to restart. Guests with HA and the fast path
+    /// both follow this.
+    pub fn on_failure(&self, failures: &mut Vec<u64>, now_ms: u64) -> Restart {
+        failures.retain(|t| now_ms.saturating_sub(*t) < self.window_ms);
+        failures.push(now_ms);
+        let count = failures.len() as u32;
+        if count >= self.max_failures {
+            Restart::GiveUp { failures: count }
+        } else {
+            Restart::After {
+                delay_ms: self.backoff_ms(count),
+                failures: count,
+            }
+        }
     }
 }
 
@@ -201,6 +273,8 @@ pub struct Config {
     pub vf_release: VfRelease,
     /// VF count per PF (PCI address or port name) to set at start.
     pub num_vfs: BTreeMap<String, u32>,
+    /// The fast path.
+    pub fastpath: FastpathSettings,
 }
 
 /// Where the config file is by default.
@@ -292,9 +366,26 @@ impl ConfigFile {
                 });
             }
         }
-        let vmm_path = match self.vmm_path {
-            Some(path) => path,
-            None => default_vmm_path(),
+        let vmm_path = self.vmm_path.unwrap_or_else(|| beside_hostd("hostd-vmm"));
+        let fastpath_settings = FastpathSettings {
+            enabled: self.fastpath.enabled.unwrap_or(false),
+            binary: self
+                .fastpath
+                .binary
+                .unwrap_or_else(|| beside_hostd("fastpath")),
+            config: self.fastpath.config.unwrap_or_else(|| {
+                if sim {
+                    state_dir.join("fastpath.toml")
+                } else {
+                    PathBuf::from("/etc/hostd/fastpath.toml")
+                }
+            }),
+            control_socket: self
+                .fastpath
+                .control_socket
+                .unwrap_or_else(|| runtime_dir.join("fastpath.sock")),
+            start_timeout_ms: self.fastpath.start_timeout_ms.unwrap_or(15_000),
+            stop_timeout_ms: self.fastpath.stop_timeout_ms.unwrap_or(5_000),
         };
         let defaults = HaPolicy {
             max_failures: 3,
@@ -333,25 +424,26 @@ impl ConfigFile {
             vmm_start_timeout_ms: self.vmm.start_timeout_ms.unwrap_or(15_000),
             vf_release: self.sriov.release.unwrap_or_default(),
             num_vfs: self.sriov.num_vfs,
+            fastpath: fastpath_settings,
         })
     }
 }
 
-/// `hostd-vmm` beside the running executable (cargo puts both binaries in one directory;
-/// the appliance image installs them together). Test executables live one level deeper
-/// (`target/debug/deps`), so the parent is tried too.
-fn default_vmm_path() -> PathBuf {
+/// The binary `name` (`hostd-vmm`, `fastpath`) beside the running executable (cargo puts
+/// the workspace's binaries in one directory; the appliance image installs them together).
+/// Test executables live one level deeper (`target/debug/deps`), so the parent is tried too.
+fn beside_hostd(name: &str) -> PathBuf {
     let exe = std::env::current_exe().ok();
     let dir = exe.as_deref().and_then(Path::parent);
     if let Some(dir) = dir {
-        for candidate in [dir.join("hostd-vmm"), dir.join("../hostd-vmm")] {
+        for candidate in [dir.join(name), dir.join("..").join(name)] {
             if candidate.exists() {
                 return candidate;
             }
         }
-        return dir.join("hostd-vmm");
+        return dir.join(name);
     }
-    PathBuf::from("hostd-vmm")
+    PathBuf::from(name)
 }
 
 #[cfg(test)]
@@ -399,6 +491,71 @@ mod tests {
         assert!(default.num_vfs.is_empty());
         assert!(toml::from_str::<ConfigFile>("[sriov]\nrelease = \"igbvf\"\n").is_err());
         assert!(toml::from_str::<ConfigFile>("[sriov]\nnumvfs = {}\n").is_err());
+    }
+
+    #[test]
+    fn the_fast_path_is_off_by_default_and_its_section_is_read() {
+        let default = ConfigFile::default().resolve(false, &online(4)).unwrap();
+        assert!(!default.fastpath.enabled);
+        assert_eq!(
+            default.fastpath.config,
+            PathBuf::from("/etc/hostd/fastpath.toml")
+        );
+        assert_eq!(
+            default.fastpath.control_socket,
+            PathBuf::from("/run/hostd/fastpath.sock")
+        );
+        assert!(default.fastpath.binary.ends_with("fastpath"));
+        let file: ConfigFile = toml::from_str(
+            "[fastpath]\nenabled = true\nbinary = \"/usr/bin/fastpath\"\nconfig = \"/x/fp.toml\"\n\
+             control_socket = \"/x/fp.sock\"\nstart_timeout_ms = 100\nstop_timeout_ms = 200\n",
+        )
+        .unwrap();
+        let config = file.resolve(false, &online(4)).unwrap();
+        assert_eq!(
+            config.fastpath,
+            FastpathSettings {
+                enabled: true,
+                binary: "/usr/bin/fastpath".into(),
+                config: "/x/fp.toml".into(),
+                control_socket: "/x/fp.sock".into(),
+                start_timeout_ms: 100,
+                stop_timeout_ms: 200,
+            }
+        );
+        assert!(toml::from_str::<ConfigFile>("[fastpath]\nenable = true\n").is_err());
+    }
+
+    #[test]
+    fn the_restart_policy_backs_off_then_gives_up_within_its_window() {
+        let policy = ConfigFile::default().resolve(false, &online(4)).unwrap().ha;
+        let mut failures = vec![];
+        assert_eq!(
+            policy.on_failure(&mut failures, 1_000),
+            Restart::After {
+                delay_ms: 1000,
+                failures: 1
+            }
+        );
+        assert_eq!(
+            policy.on_failure(&mut failures, 2_000),
+            Restart::After {
+                delay_ms: 2000,
+                failures: 2
+            }
+        );
+        // The first failure left the 600 s window: two count, not three.
+        assert_eq!(
+            policy.on_failure(&mut failures, 601_500),
+            Restart::After {
+                delay_ms: 2000,
+                failures: 2
+            }
+        );
+        assert_eq!(
+            policy.on_failure(&mut failures, 601_900),
+            Restart::GiveUp { failures: 3 }
+        );
     }
 
     #[test]

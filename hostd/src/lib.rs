@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod cpulist;
 pub mod daemon;
+pub mod fastpath;
 pub mod inventory;
 pub mod process;
 pub mod server;

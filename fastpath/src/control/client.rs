@@ -1,5 +1,5 @@
-//! A control socket client (postcard framing), for `fastpath ctl`, tests and, until
-//! hostd-proto exists, hostd.
+//! A control socket client (postcard framing), for `fastpath ctl` and tests. hostd has its
+//! own (it does not depend on fastpath), on the same `hostd_proto::fastpath` types.
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

@@ -1,17 +1,12 @@
-//! Control socket framing: a u32 little-endian length followed by a postcard body (the
-//! framing `hostd-proto` will use), or JSON lines for people and scripts.
-//!
-//! A connection's codec is chosen from its first four bytes. Binary frames are shorter than
-//! 16 MiB, so their fourth byte (the length's most significant byte) is 0; a JSON text never
-//! contains a NUL byte, so a first line has a non-zero fourth byte.
+//! Control socket I/O: binary frames (the protocol part, length prefix + postcard and codec
+//! detection, is `hostd_proto::fastpath`'s) or JSON lines for people and scripts.
 
 use std::io::{BufRead, Read, Write};
 
+use hostd_proto::fastpath::FrameError;
+pub use hostd_proto::fastpath::{Codec, MAX_FRAME};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-/// Largest accepted binary frame body.
-pub const MAX_FRAME: usize = (16 << 20) - 1;
 
 /// Errors reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
@@ -35,35 +30,19 @@ pub enum FramingError {
     Json(#[source] serde_json::Error),
 }
 
-/// The two codecs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
-    /// u32 LE length + postcard.
-    Postcard,
-    /// One JSON document per line.
-    JsonLines,
-}
-
-impl Codec {
-    /// Picks the codec from the first four bytes of a connection.
-    pub fn detect(first: [u8; 4]) -> Self {
-        if first[3] == 0 {
-            Codec::Postcard
-        } else {
-            Codec::JsonLines
+impl From<FrameError> for FramingError {
+    fn from(err: FrameError) -> Self {
+        match err {
+            FrameError::TooLong { len } => Self::TooLong { len },
+            FrameError::Postcard(err) => Self::Postcard(err),
         }
     }
 }
 
 /// Writes one postcard frame.
 pub fn write_postcard<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), FramingError> {
-    let body = postcard::to_stdvec(msg).map_err(FramingError::Postcard)?;
-    if body.len() > MAX_FRAME {
-        return Err(FramingError::TooLong { len: body.len() });
-    }
-    w.write_all(&(body.len() as u32).to_le_bytes())
-        .map_err(FramingError::Io)?;
-    w.write_all(&body).map_err(FramingError::Io)?;
+    let frame = hostd_proto::fastpath::encode_frame(msg)?;
+    w.write_all(&frame).map_err(FramingError::Io)?;
     w.flush().map_err(FramingError::Io)
 }
 
@@ -72,13 +51,10 @@ pub fn read_postcard_body<R: Read, T: DeserializeOwned>(
     r: &mut R,
     len_bytes: [u8; 4],
 ) -> Result<T, FramingError> {
-    let len = u32::from_le_bytes(len_bytes) as usize;
-    if len > MAX_FRAME {
-        return Err(FramingError::TooLong { len });
-    }
+    let len = hostd_proto::fastpath::frame_length(len_bytes)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).map_err(FramingError::Io)?;
-    postcard::from_bytes(&body).map_err(FramingError::Postcard)
+    Ok(hostd_proto::fastpath::decode_body(&body)?)
 }
 
 /// Reads one postcard frame; `None` at a clean end of stream.

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{InstanceState, Name, Text};
+use crate::{FastpathState, InstanceState, Name, Text};
 
 /// One recorded event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,5 +113,13 @@ pub enum EventKind {
     VfReleased {
         /// The VF's PCI address.
         vf: Name,
+    },
+    // Appended, never reordered: postcard encodes the variant's index.
+    /// The fast path changed state: started, exited, restarted, re-adopted, refused, stopped.
+    Fastpath {
+        /// Before.
+        from: FastpathState,
+        /// After.
+        to: FastpathState,
     },
 }

@@ -4,7 +4,9 @@
 //! The crate is `no_std` without its `std` feature (front-panel firmware links it): every
 //! string and list is a `heapless` type with a fixed capacity, so a message has a known
 //! upper size and decoding never allocates. With `std` (the default) it adds framing over
-//! `std::io` ([`frame`]) and the JSON-lines form ([`json`]).
+//! `std::io` ([`frame`]) and the JSON-lines form ([`json`]). [`fastpath`] holds the wire
+//! types of the fastpath process's own config file and control socket; they allocate, and
+//! need the `alloc` feature (which `std` turns on; the module says why).
 //!
 //! Binary form: each message is a little-endian `u32` length, then that many bytes of
 //! postcard, at most [`MAX_FRAME_BYTES`]. A client sends [`RequestEnvelope`]s and gets one
@@ -32,6 +34,8 @@
 // are as large as their largest variant on purpose, and the sizes are bounded.
 #![allow(clippy::large_enum_variant, clippy::result_large_err)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
@@ -39,10 +43,12 @@ pub use heapless;
 
 mod error;
 mod event;
+mod fastpath_status;
 mod framing;
 mod request;
 mod response;
 
+pub mod fastpath;
 #[cfg(feature = "std")]
 pub mod frame;
 #[cfg(feature = "std")]
@@ -50,6 +56,7 @@ pub mod json;
 
 pub use error::{ApiError, ErrorCode, Resource, Shortfall};
 pub use event::{Actor, Event, EventInstance, EventKind};
+pub use fastpath_status::{FastpathPort, FastpathState, FastpathStatus};
 pub use framing::{
     DecodeError, EncodeError, decode_reply, decode_request, encode_frame, frame_length,
     peek_version,
@@ -95,6 +102,10 @@ pub const MAX_ADMINS: usize = 8;
 pub const MAX_PORTS: usize = 16;
 /// Most VF owners in an [`Inventory`] reply (VFs given to instances at one time).
 pub const MAX_VF_OWNERS: usize = 64;
+/// Most fast-path ports in a [`FastpathStatus`] reply (more are left out).
+pub const MAX_FASTPATH_PORTS: usize = 64;
+/// Most fast-path cores in a [`FastpathStatus`] reply.
+pub const MAX_FASTPATH_CORES: usize = 64;
 
 /// Names: instances, templates, stacks, groups, users, ports (at most 32 bytes).
 pub type Name = heapless::String<32>;
@@ -146,5 +157,41 @@ mod tests {
         assert!(cut.ends_with('~'));
         let exact: heapless::String<4> = bounded("abcd");
         assert_eq!(exact.as_str(), "abcd");
+    }
+
+    /// The first byte of a value's postcard encoding: an enum's variant index (< 128).
+    fn index<T: serde::Serialize>(value: &T) -> u8 {
+        let mut buf = [0u8; 256];
+        postcard::to_slice(value, &mut buf).unwrap()[0]
+    }
+
+    /// Variants are appended, never reordered: postcard encodes their index, so the calls
+    /// a front panel of this protocol version knows keep their numbers.
+    #[test]
+    fn appended_variants_keep_the_earlier_indices() {
+        assert_eq!(index(&Request::Hello), 0);
+        assert_eq!(index(&Request::AttachConsole(InstanceRef::default())), 28);
+        assert_eq!(index(&Request::FastpathStatus), 29);
+        assert_eq!(index(&Request::RestartFastpath), 30);
+        assert_eq!(index(&Response::Done), 12);
+        let status = FastpathStatus {
+            state: FastpathState::Disabled,
+            reason: Text::new(),
+            since_ms: 0,
+            pid: None,
+            cores: heapless::Vec::new(),
+            config: PathText::new(),
+            control_socket: PathText::new(),
+            exits: 0,
+            restart_in_ms: None,
+            ports: heapless::Vec::new(),
+            stats_error: None,
+        };
+        assert_eq!(index(&Response::Fastpath(status)), 13);
+        let kind = EventKind::Fastpath {
+            from: FastpathState::Disabled,
+            to: FastpathState::Starting,
+        };
+        assert_eq!(index(&kind), 15);
     }
 }

@@ -84,6 +84,13 @@ pub enum Request {
     /// Attach to the guest's serial console: reply `console_attached`, then the connection
     /// carries raw console bytes both ways until either side closes it.
     AttachConsole(InstanceRef),
+    // Calls are appended, never reordered: postcard encodes the variant's index.
+    /// The fast path: hostd's supervision state and the forwarder's port counters.
+    /// Reply: `fastpath`.
+    FastpathStatus,
+    /// Start the fast path afresh (admins): its config is read and checked again and the
+    /// exit count cleared; a running fastpath is stopped first. Reply: `fastpath`.
+    RestartFastpath,
 }
 
 /// Which instances to list.

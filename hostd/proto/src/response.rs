@@ -60,6 +60,9 @@ pub enum Response {
     ConsoleAttached(crate::InstanceRef),
     /// To deletions.
     Done,
+    // Appended, never reordered: postcard encodes the variant's index.
+    /// To `fastpath_status` and `restart_fastpath`.
+    Fastpath(crate::FastpathStatus),
 }
 
 /// What the caller may do.

@@ -58,6 +58,9 @@ proptest! {
         if bytes.len() >= 4 {
             let _ = frame_length([bytes[0], bytes[1], bytes[2], bytes[3]]);
         }
+        // fastpath's control socket decodes what any local client sends, too.
+        let _ = hostd_proto::fastpath::decode_body::<hostd_proto::fastpath::Request>(&bytes);
+        let _ = hostd_proto::fastpath::decode_body::<hostd_proto::fastpath::Response>(&bytes);
     }
 
     #[test]

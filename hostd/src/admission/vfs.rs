@@ -201,6 +201,7 @@ mod tests {
     use crate::inventory::{Inventory, Port};
     use crate::store::InstanceRecord;
     use hostd_proto::name;
+    use std::collections::BTreeSet;
 
     /// Two ports: eth0 on node 0 (cores 0-3) with 2 VFs, eth1 on node 1 (cores 4-7) with 1.
     fn two_nodes() -> Inventory {
@@ -227,6 +228,7 @@ mod tests {
             config: &config,
             inventory: &inventory,
             instances: &instances,
+            fastpath_cores: &BTreeSet::new(),
         };
         let request = VfRequest {
             port: Some(name("eth0")),
@@ -250,6 +252,7 @@ mod tests {
             config: &config,
             inventory: &inventory,
             instances: &instances,
+            fastpath_cores: &BTreeSet::new(),
         };
         let dup = res.allocate_vfs(None, &[request], &[3]).unwrap_err();
         assert_eq!(dup.code, ErrorCode::AlreadyExists);
@@ -303,6 +306,7 @@ mod tests {
             config: &config,
             inventory: &inventory,
             instances: &instances,
+            fastpath_cores: &BTreeSet::new(),
         };
         let ports = |cores: &[u16], n: usize| -> Vec<String> {
             res.allocate_vfs(None, &vec![VfRequest::default(); n], cores)

@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::mpsc::Sender;
+
 use clap::Parser;
 use hostd::config::{ConfigFile, DEFAULT_CONFIG_PATH};
-use hostd::daemon::Daemon;
+use hostd::daemon::{Command, Daemon};
+use nix::sys::signal::{SigSet, Signal};
 
 /// The appliance's control plane: guests, cores, RAM, VFs, stacks; the API socket.
 #[derive(Debug, Parser)]
@@ -45,8 +48,40 @@ fn report(err: &dyn std::error::Error) {
     eprintln!("{message}");
 }
 
+/// SIGTERM and SIGINT, blocked in every thread (threads inherit the mask; children get an
+/// empty one from std's spawn) and taken by [`stop_on_signal`] instead.
+fn stop_signals() -> SigSet {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+}
+
+/// Waits for SIGTERM or SIGINT and asks the state owner to shut down (it stops fastpath;
+/// guests keep running). A second signal exits at once.
+fn stop_on_signal(signals: SigSet, commands: Sender<Command>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(signal) = signals.wait() {
+                log::info!("{signal:?}: shutting down");
+                let _ = commands.send(Command::Shutdown);
+            }
+            if let Ok(signal) = signals.wait() {
+                log::warn!("{signal:?} again: exiting without stopping fastpath");
+                std::process::exit(1);
+            }
+        })
+        .map(drop)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let signals = stop_signals();
+    if let Err(err) = signals.thread_block() {
+        eprintln!("hostd: error: cannot block SIGTERM and SIGINT: {err}");
+        return ExitCode::from(exit::HOST);
+    }
     let args = Args::parse();
     let online = match hostd::inventory::online_cpus() {
         Ok(online) => online,
@@ -144,6 +179,13 @@ fn main() -> ExitCode {
     // count) and gives back those of guests that are gone.
     daemon.adopt_all();
     daemon.apply_vf_counts();
+    // After the guests: the cores they hold are known, so a fastpath config naming one of
+    // them is refused.
+    daemon.adopt_fastpath();
+    if let Err(err) = stop_on_signal(signals, tx.clone()) {
+        eprintln!("hostd: error: cannot start the signal thread: {err}");
+        return ExitCode::from(exit::HOST);
+    }
     let server = std::thread::Builder::new()
         .name("accept".into())
         .spawn(move || hostd::server::serve(listener, tx));

@@ -8,7 +8,7 @@ use hostd_proto::{
     VfRequest, bounded, name, text,
 };
 
-use super::{CliError, Cmd, StackCmd, TemplateCmd, usage};
+use super::{CliError, Cmd, FastpathCmd, StackCmd, TemplateCmd, usage};
 
 pub(super) fn parse_principal(s: &str) -> Result<Principal, CliError> {
     let bad = || {
@@ -76,6 +76,10 @@ pub(super) fn request(cmd: &Cmd) -> Result<Option<Request>, CliError> {
         Cmd::Status => Request::HostStatus,
         Cmd::Inventory => Request::Inventory,
         Cmd::Whoami => Request::Hello,
+        Cmd::Fastpath { action } => match action {
+            None | Some(FastpathCmd::Status) => Request::FastpathStatus,
+            Some(FastpathCmd::Restart) => Request::RestartFastpath,
+        },
         Cmd::List { stack, group } => Request::ListInstances(ListFilter {
             stack: stack.as_deref().map(name),
             group: group.as_deref().map(name),

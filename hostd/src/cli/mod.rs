@@ -199,6 +199,12 @@ pub enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: u16,
     },
+    /// The fast path: state, cores and port counters; `restart` starts it afresh.
+    Fastpath {
+        /// What to do [default: status].
+        #[command(subcommand)]
+        action: Option<FastpathCmd>,
+    },
     /// Attach to an instance's serial console (leave with Ctrl-]).
     Console {
         /// Name or i-<id>.
@@ -311,6 +317,16 @@ pub enum TemplateCmd {
         /// Name.
         name: String,
     },
+}
+
+/// `hostctl fastpath ...`.
+#[derive(Debug, Subcommand)]
+pub enum FastpathCmd {
+    /// State, cores and port counters (the default).
+    Status,
+    /// Start it afresh: its config is read and checked again, the exit count cleared
+    /// (admins).
+    Restart,
 }
 
 /// Quota flags.

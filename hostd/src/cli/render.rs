@@ -5,8 +5,9 @@ use std::io::IsTerminal;
 use std::time::{Duration, UNIX_EPOCH};
 
 use hostd_proto::{
-    Actor, Event, EventKind, HostStatus, InstanceInfo, InstanceState, InstanceSummary, Inventory,
-    Principal, Quota, Response, StackInfo, TemplateInfo, TemplateSummary,
+    Actor, Event, EventKind, FastpathState, FastpathStatus, HostStatus, InstanceInfo,
+    InstanceState, InstanceSummary, Inventory, Principal, Quota, Response, StackInfo, TemplateInfo,
+    TemplateSummary,
 };
 
 /// Width of the front panel's console.
@@ -28,6 +29,21 @@ pub fn state(state: InstanceState) -> String {
         InstanceState::Starting | InstanceState::Stopping | InstanceState::Paused => "33",
         InstanceState::Defined | InstanceState::Stopped => return word.to_owned(),
     };
+    format!("\x1b[{code}m{word}\x1b[0m")
+}
+
+/// A fast-path state word, coloured on a terminal like the instances' states.
+fn fastpath_state(state: FastpathState) -> String {
+    let word = state.as_str();
+    let code = match state {
+        FastpathState::Running => "32",
+        FastpathState::Failed => "31",
+        FastpathState::Starting | FastpathState::Restarting => "33",
+        FastpathState::Disabled => return word.to_owned(),
+    };
+    if !colour_on() {
+        return word.to_owned();
+    }
     format!("\x1b[{code}m{word}\x1b[0m")
 }
 
@@ -300,6 +316,117 @@ fn inventory(inv: &Inventory) -> String {
     out
 }
 
+/// A count in at most 7 columns: `12345`, `123.4k`, `12.3M`, `1.2G`.
+fn count(n: u64) -> String {
+    match n {
+        0..=99_999 => n.to_string(),
+        100_000..=9_999_999 => format!("{:.1}k", n as f64 / 1e3),
+        10_000_000..=9_999_999_999 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.1}G", n as f64 / 1e9),
+    }
+}
+
+/// `label` then `text`, wrapped at spaces to [`WIDTH`] with the continuation lines indented
+/// under the text: a failure's reason is the one thing the operator must read whole.
+fn wrapped(label: &str, text: &str) -> String {
+    let indent = " ".repeat(label.chars().count());
+    let mut out = String::new();
+    let mut line = label.to_owned();
+    let mut empty = true;
+    for word in text.split(' ') {
+        if !empty && line.chars().count() + 1 + word.chars().count() > WIDTH {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.clone();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
+}
+
+fn fastpath(f: &FastpathStatus) -> String {
+    let mut out = format!(
+        "fast path:  {} since {}\n",
+        fastpath_state(f.state),
+        time(f.since_ms)
+    );
+    out.push_str(&wrapped("reason:     ", &f.reason));
+    if f.state == FastpathState::Disabled && f.config.is_empty() {
+        return out;
+    }
+    let cores: Vec<u16> = f.cores.iter().copied().collect();
+    out.push_str(&format!(
+        "pid:        {}\ncores:      {}\nconfig:     {}\ncontrol:    {}\nexits:      {}{}\n",
+        f.pid.map_or("-".into(), |p| p.to_string()),
+        if cores.is_empty() {
+            "-".into()
+        } else {
+            crate::cpulist::format(&cores)
+        },
+        f.config,
+        f.control_socket,
+        f.exits,
+        match f.restart_in_ms {
+            Some(ms) => format!(", next start in {:.1} s", ms as f64 / 1000.0),
+            None => String::new(),
+        }
+    ));
+    if let Some(err) = &f.stats_error {
+        out.push_str(&wrapped("counters:   ", err));
+    }
+    if f.ports.is_empty() {
+        return out;
+    }
+    let rows: Vec<Vec<String>> = f
+        .ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.to_string(),
+                count(p.rx_packets),
+                count(p.rx_bytes),
+                count(p.tx_packets),
+                count(p.tx_bytes),
+                count(p.dropped()),
+                format!("{}/{}", count(p.lane_rx_packets), count(p.lane_tx_packets)),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "PORT",
+            "RX PKTS",
+            "RX BYTES",
+            "TX PKTS",
+            "TX BYTES",
+            "DROPS",
+            "LANE RX/TX",
+        ],
+        &rows,
+        0,
+    ));
+    for p in f.ports.iter().filter(|p| !p.drops.is_empty()) {
+        let reasons: Vec<String> = p
+            .drops
+            .iter()
+            .map(|(reason, n)| format!("{} {n}", reason.as_str()))
+            .collect();
+        out.push_str(&cut(
+            &format!("drops on {}: {}", p.name, reasons.join(", ")),
+            WIDTH,
+        ));
+        out.push('\n');
+    }
+    out
+}
+
 fn templates(list: &[TemplateSummary]) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -404,11 +531,13 @@ pub fn event(e: &Event) -> String {
         EventKind::HostdStarted => "started".into(),
         EventKind::VfAssigned { vf } => format!("vf {vf} assigned"),
         EventKind::VfReleased { vf } => format!("vf {vf} released"),
+        EventKind::Fastpath { from, to } => format!("{} -> {}", from.as_str(), to.as_str()),
     };
-    let subject = e
-        .instance
-        .as_ref()
-        .map_or("-".to_owned(), |i| i.name.to_string());
+    let subject = match (&e.instance, &e.kind) {
+        (Some(i), _) => i.name.to_string(),
+        (None, EventKind::Fastpath { .. }) => "fastpath".to_owned(),
+        (None, _) => "-".to_owned(),
+    };
     let line = format!("{} {subject} {what} [{who}] {}", time(e.time_ms), e.reason);
     cut(&line, WIDTH)
 }
@@ -448,6 +577,7 @@ pub fn response(response: &Response) -> String {
         Response::Subscribed => String::new(),
         Response::ConsoleAttached(_) => String::new(),
         Response::Done => "done\n".into(),
+        Response::Fastpath(f) => fastpath(f),
     }
 }
 
@@ -466,5 +596,53 @@ mod tests {
         assert!(out.lines().nth(1).unwrap().ends_with('~'));
         assert_eq!(out.lines().nth(2).unwrap(), "bb  short");
         assert_eq!(time(0), "1970-01-01 00:00:00");
+    }
+
+    #[test]
+    fn the_fast_path_fits_80_columns_with_big_counters() {
+        use hostd_proto::fastpath::DropReason;
+        let mut ports = hostd_proto::heapless::Vec::new();
+        for n in ["uplink-with-a-long-name", "vm1"] {
+            let mut port = hostd_proto::FastpathPort {
+                name: hostd_proto::name(n),
+                rx_packets: 123_456_789_012,
+                rx_bytes: u64::MAX,
+                tx_packets: 99_999,
+                tx_bytes: 100_000,
+                lane_rx_packets: 12_345_678,
+                lane_tx_packets: 7,
+                ..Default::default()
+            };
+            port.drops.push((DropReason::AclIn, 5)).unwrap();
+            port.drops.push((DropReason::Vlan, 2)).unwrap();
+            ports.push(port).unwrap();
+        }
+        let status = FastpathStatus {
+            state: FastpathState::Running,
+            reason: hostd_proto::text("pid 812 running on cores 1, 2 ports"),
+            since_ms: 0,
+            pid: Some(812),
+            cores: [1].into_iter().collect(),
+            config: hostd_proto::bounded("/etc/hostd/fastpath.toml"),
+            control_socket: hostd_proto::bounded("/run/hostd/fastpath.sock"),
+            exits: 0,
+            restart_in_ms: None,
+            ports,
+            stats_error: None,
+        };
+        let out = fastpath(&status);
+        assert!(out.lines().all(|l| l.chars().count() <= WIDTH), "{out}");
+        assert!(out.contains("123.5G"), "{out}");
+        assert!(out.contains("\nvm1 "), "{out}");
+        assert!(out.contains("drops on vm1: acl_in 5, vlan 2"), "{out}");
+        assert_eq!(count(99_999), "99999");
+        let long = "fastpath pid 13710 was killed by signal 9 (SIGKILL); restart in 1000 ms \
+                    (exit 1 of 3)";
+        let text = wrapped("reason:     ", long);
+        assert_eq!(
+            text,
+            "reason:     fastpath pid 13710 was killed by signal 9 (SIGKILL); restart in 1000\n            ms (exit 1 of 3)\n"
+        );
+        assert_eq!(count(100_000), "100.0k");
     }
 }

@@ -52,6 +52,9 @@ impl Completer for Completion {
             Some(&"template") if words.len() == 1 => ["list", "show", "create", "delete"]
                 .map(String::from)
                 .to_vec(),
+            Some(&"fastpath") if words.len() == 1 => {
+                ["status", "restart"].map(String::from).to_vec()
+            }
             Some(&"stack") if words.len() == 1 => {
                 ["list", "show", "create", "quota", "admins", "delete"]
                     .map(String::from)

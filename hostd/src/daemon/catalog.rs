@@ -13,7 +13,7 @@ use crate::store::{Changes, StackRecord, TemplateRecord};
 
 use super::instances::validate_name;
 
-fn admin_only(caller: &Caller, action: &str) -> Result<(), ApiError> {
+pub(super) fn admin_only(caller: &Caller, action: &str) -> Result<(), ApiError> {
     if caller.role != hostd_proto::Role::Admin {
         return Err(ApiError::new(
             ErrorCode::PermissionDenied,

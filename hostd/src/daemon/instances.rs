@@ -14,7 +14,7 @@ use vmm::api::{RebootMode, Request as VmmRequest};
 
 use super::{Daemon, Handled, Outcome, WaitFor, Waiter};
 use crate::access::Caller;
-use crate::admission::{Resources, Usage, check_quota};
+use crate::admission::{Usage, check_quota};
 use crate::store::{Changes, InstanceRecord};
 
 /// Checks a display name: lower-case letters, digits, `-`, `_`, `.`, starting with a letter
@@ -199,11 +199,7 @@ impl Daemon {
         if !vf_requests.is_empty() {
             self.refresh_ports();
         }
-        let res = Resources {
-            config: &self.config,
-            inventory: &self.inventory,
-            instances: &self.instances,
-        };
+        let res = self.resources();
         if let Some(stack) = &stack_record {
             let need = Usage {
                 instances: 1,
@@ -423,11 +419,7 @@ impl Daemon {
                 ),
             ));
         }
-        let res = Resources {
-            config: &self.config,
-            inventory: &self.inventory,
-            instances: &self.instances,
-        };
+        let res = self.resources();
         if let Some(stack) = record.stack.as_ref().and_then(|s| self.stacks.get(s)) {
             let need = Usage {
                 instances: 1,

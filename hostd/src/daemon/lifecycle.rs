@@ -9,7 +9,8 @@ use hostd_proto::{Actor, ApiError, ErrorCode, EventKind, InstanceState, Reply};
 use vmm::api::{Request as VmmRequest, VmState};
 
 use super::{Daemon, Handled, Outcome, Timer, TimerKind, WaitFor, Waiter, now_ms};
-use crate::admission::{Resources, Usage, check_quota};
+use crate::admission::{Usage, check_quota};
+use crate::config::Restart;
 use crate::store::{Changes, InstanceRecord};
 use crate::supervisor::{ExitInfo, Found, VmSpec, VmmEvent};
 
@@ -163,11 +164,7 @@ impl Daemon {
     /// that are no longer usable guest cores are replaced, RAM and the quota re-checked,
     /// the kernel must exist.
     fn start_checks(&self, record: &InstanceRecord) -> Result<InstanceRecord, ApiError> {
-        let res = Resources {
-            config: &self.config,
-            inventory: &self.inventory,
-            instances: &self.instances,
-        };
+        let res = self.resources();
         let mut updated = record.clone();
         updated.cores = res.allocate_cores(Some(record.id), &record.cores, record.vcpus)?;
         res.check_memory(Some(record.id), record.ram_mib, record.hugepages)?;
@@ -388,42 +385,38 @@ impl Daemon {
                 &format!("start failed: {description}"),
             ));
         } else if updated.ha {
-            let now = now_ms();
             let policy = self.config.ha.clone();
-            updated
-                .ha_failures
-                .retain(|t| now.saturating_sub(*t) < policy.window_ms);
-            updated.ha_failures.push(now);
-            let failures = updated.ha_failures.len() as u32;
-            if failures >= policy.max_failures {
-                updated.want_running = false;
-                let reason = format!(
-                    "HA gave up after {failures} failures in {} s; last: {description}; start it again when fixed",
-                    policy.window_ms / 1000
-                );
-                events.push(self.transition(
-                    &mut updated,
-                    InstanceState::Down,
-                    &Actor::Ha,
-                    &reason,
-                ));
-            } else {
-                let delay = policy.backoff_ms(failures);
-                let reason = format!(
-                    "{description}; HA restart in {} ms (failure {failures} of {})",
-                    delay, policy.max_failures
-                );
-                events.push(self.transition(
-                    &mut updated,
-                    InstanceState::Error,
-                    &Actor::Ha,
-                    &reason,
-                ));
-                self.timers.push(Timer {
-                    at: Instant::now() + Duration::from_millis(delay),
-                    id,
-                    kind: TimerKind::HaRestart,
-                });
+            match policy.on_failure(&mut updated.ha_failures, now_ms()) {
+                Restart::GiveUp { failures } => {
+                    updated.want_running = false;
+                    let reason = format!(
+                        "HA gave up after {failures} failures in {} s; last: {description}; start it again when fixed",
+                        policy.window_ms / 1000
+                    );
+                    events.push(self.transition(
+                        &mut updated,
+                        InstanceState::Down,
+                        &Actor::Ha,
+                        &reason,
+                    ));
+                }
+                Restart::After { delay_ms, failures } => {
+                    let reason = format!(
+                        "{description}; HA restart in {delay_ms} ms (failure {failures} of {})",
+                        policy.max_failures
+                    );
+                    events.push(self.transition(
+                        &mut updated,
+                        InstanceState::Error,
+                        &Actor::Ha,
+                        &reason,
+                    ));
+                    self.timers.push(Timer {
+                        at: Instant::now() + Duration::from_millis(delay_ms),
+                        id,
+                        kind: TimerKind::HaRestart,
+                    });
+                }
             }
         } else {
             updated.want_running = false;
@@ -494,6 +487,10 @@ impl Daemon {
             .partition(|t| t.at <= now);
         self.timers = later;
         for timer in due {
+            if timer.kind == TimerKind::FastpathRestart {
+                self.fastpath_restart_due();
+                continue;
+            }
             let Some(record) = self.instances.get(&timer.id) else {
                 continue;
             };
@@ -517,6 +514,7 @@ impl Daemon {
                         }
                     }
                 }
+                TimerKind::FastpathRestart => {}
                 TimerKind::ForceStop { pid } => {
                     if record.vmm.as_ref().is_some_and(|v| v.pid == pid) {
                         log::warn!("instance {}: graceful stop timed out: forcing", timer.id);

@@ -9,6 +9,7 @@
 //! reports.
 
 mod catalog;
+mod fastpath;
 mod instances;
 mod lifecycle;
 mod vfs;
@@ -25,7 +26,9 @@ use hostd_proto::{
 };
 
 use crate::access::{Caller, Peer};
+use crate::admission::Resources;
 use crate::config::Config;
+use crate::fastpath::{FastpathEvent, FastpathProcess};
 use crate::inventory::Inventory;
 use crate::store::{Changes, InstanceRecord, StackRecord, Store, TemplateRecord};
 use crate::supervisor::{Supervisor, VmmEvent};
@@ -44,6 +47,11 @@ pub enum Command {
     },
     /// A VMM watcher's report.
     Vmm(VmmEvent),
+    /// The fastpath watcher's report.
+    Fastpath(FastpathEvent),
+    /// SIGTERM or SIGINT: stop fastpath and return from [`Daemon::run`] (guests keep
+    /// running, as they do across any hostd restart).
+    Shutdown,
 }
 
 /// The state owner's answer to a connection.
@@ -98,6 +106,8 @@ pub(crate) enum TimerKind {
         /// The VMM being stopped.
         pid: u32,
     },
+    /// The fast path's restart delay is over (the timer's id is unused).
+    FastpathRestart,
 }
 
 pub(crate) struct Timer {
@@ -126,6 +136,7 @@ pub struct Daemon {
     pub(crate) next_instance_id: u32,
     next_event_seq: u64,
     pub(crate) supervisor: Supervisor,
+    pub(crate) fastpath: fastpath::Fastpath,
     pub(crate) waiters: Vec<Waiter>,
     pub(crate) timers: Vec<Timer>,
     subscribers: Vec<Subscriber>,
@@ -167,6 +178,12 @@ impl Daemon {
         events: Sender<Command>,
     ) -> Result<Self, crate::store::StoreError> {
         let (store, loaded) = Store::open(&config.state_dir.join("state.redb"))?;
+        let fastpath = fastpath::Fastpath::new(FastpathProcess::new(
+            config.fastpath.clone(),
+            &config.runtime_dir,
+            &config.state_dir,
+            events.clone(),
+        ));
         let supervisor = Supervisor::new(
             config.vmm_path.clone(),
             config.runtime_dir.clone(),
@@ -203,6 +220,7 @@ impl Daemon {
             next_instance_id: loaded.next_instance_id,
             next_event_seq: loaded.next_event_seq,
             supervisor,
+            fastpath,
             waiters: Vec::new(),
             timers: Vec::new(),
             subscribers: Vec::new(),
@@ -212,7 +230,8 @@ impl Daemon {
         })
     }
 
-    /// Serves commands until every sender is gone.
+    /// Serves commands until [`Command::Shutdown`] (or until every sender is gone), then
+    /// stops fastpath.
     pub fn run(mut self, commands: Receiver<Command>) {
         loop {
             let next = self.timers.iter().map(|t| t.at).min();
@@ -221,12 +240,17 @@ impl Daemon {
                 None => commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match command {
+                Ok(Command::Shutdown) => {
+                    log::info!("hostd shutting down; guests keep running");
+                    break;
+                }
                 Ok(command) => self.dispatch(command),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.fire_timers();
         }
+        self.stop_fastpath("hostd shut down");
     }
 
     fn dispatch(&mut self, command: Command) {
@@ -240,6 +264,8 @@ impl Daemon {
                 self.handle(&caller, request, reply);
             }
             Command::Vmm(event) => self.on_vmm_event(event),
+            Command::Fastpath(event) => self.on_fastpath_event(event),
+            Command::Shutdown => {}
         }
     }
 
@@ -297,6 +323,8 @@ impl Daemon {
                 }
                 Err(err) => Outcome::Now(Err(err)),
             },
+            Request::FastpathStatus => Outcome::Now(Ok(self.fastpath_status())),
+            Request::RestartFastpath => Outcome::Now(self.restart_fastpath(caller)),
         };
         if let Outcome::Now(result) = outcome {
             let _ = reply.send(Handled::Reply(match result {
@@ -392,6 +420,16 @@ impl Daemon {
             instance,
         });
         Ok(rx)
+    }
+
+    /// What admission looks at now.
+    pub(crate) fn resources(&self) -> Resources<'_> {
+        Resources {
+            config: &self.config,
+            inventory: &self.inventory,
+            instances: &self.instances,
+            fastpath_cores: &self.fastpath.cores,
+        }
     }
 
     pub(crate) fn uptime_s(&self) -> u64 {

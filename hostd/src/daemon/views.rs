@@ -8,19 +8,10 @@ use hostd_proto::{
 
 use super::Daemon;
 use crate::access::Caller;
-use crate::admission::Resources;
 use crate::cpulist;
 use crate::store::InstanceRecord;
 
 impl Daemon {
-    fn resources(&self) -> Resources<'_> {
-        Resources {
-            config: &self.config,
-            inventory: &self.inventory,
-            instances: &self.instances,
-        }
-    }
-
     pub(crate) fn hello(&self, caller: &Caller) -> Response {
         Response::Hello(ServerInfo {
             protocol_version: PROTOCOL_VERSION,
@@ -139,7 +130,11 @@ impl Daemon {
             cpus: self.inventory.online.len() as u32,
             housekeeping_cores: text(&cpulist::format(&self.config.housekeeping_cores)),
             guest_cores: text(&cpulist::format(&self.config.guest_cores)),
-            fastpath_cores: text(&cpulist::format(&self.config.fastpath_cores)),
+            // The configured set and what the fast path holds now (its config may name
+            // guest cores, which it then holds while it runs).
+            fastpath_cores: text(&cpulist::format(
+                self.config.fastpath_cores.union(&self.fastpath.cores),
+            )),
             core_owners: owners,
             memory: self.memory(),
             hugepages: self.hugepages(),
