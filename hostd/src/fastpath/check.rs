@@ -64,17 +64,10 @@ pub struct Checked {
 /// Runs `binary check --config path`, then reads the file (`.json` as JSON, anything else
 /// as TOML: fastpath's rule).
 pub fn check(binary: &Path, path: &Path) -> Result<Checked, CheckError> {
-    let output = Command::new(binary)
-        .arg("check")
-        .arg("--config")
-        .arg(path)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| CheckError::Binary {
-            binary: binary.to_owned(),
-            source,
-        })?;
+    let output = run_check(binary, path).map_err(|source| CheckError::Binary {
+        binary: binary.to_owned(),
+        source,
+    })?;
     if !output.status.success() {
         return Err(CheckError::Refused {
             path: path.to_owned(),
@@ -102,6 +95,33 @@ pub fn check(binary: &Path, path: &Path) -> Result<Checked, CheckError> {
         })
         .collect::<Result<_, _>>()?;
     Ok(Checked { config, cores })
+}
+
+/// Tries to run `binary check` this many times while the kernel says the file is open for
+/// writing (ETXTBSY).
+const BUSY_TRIES: u32 = 5;
+
+/// Runs `binary check --config path`. ETXTBSY is retried briefly: the binary is being
+/// replaced, or a process forked elsewhere in hostd still holds a descriptor that wrote it
+/// (closed at that process's exec).
+fn run_check(binary: &Path, path: &Path) -> std::io::Result<std::process::Output> {
+    let mut tries = 0;
+    loop {
+        let output = Command::new(binary)
+            .arg("check")
+            .arg("--config")
+            .arg(path)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output();
+        match output {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries + 1 < BUSY_TRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// fastpath's error line (`fastpath: ...`), else its whole stderr, else the exit status.
