@@ -221,7 +221,7 @@ pub fn halt_forever() -> ! {
 }
 
 /// Busy-waits about `cycles` TSC cycles.
-fn spin_cycles(cycles: u64) {
+pub(crate) fn spin_cycles(cycles: u64) {
     let start = tsc();
     while tsc().wrapping_sub(start) < cycles {
         core::hint::spin_loop();

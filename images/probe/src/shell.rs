@@ -9,7 +9,7 @@ use crate::line::LineEditor;
 use crate::pci::{self, Bdf, ConfigSpace, Mechanism1};
 use crate::phys::IdentityMapped;
 use crate::platform::Platform;
-use crate::power::{self, ButtonPress, Power};
+use crate::power::{self, ButtonPress, Power, spin_cycles};
 use crate::start_info::mib_rounded;
 
 /// The banner's first bytes, sent before anything else.
@@ -50,6 +50,13 @@ pub fn run(start_info: u64) -> ! {
     shell.idle_loop()
 }
 
+/// TSC cycles the idle loop waits (without leaving the guest) after a poll that found no
+/// input. Each poll is two port reads, two exits to the VMM: polling back to back made the
+/// vCPU thread one tight loop of exits to the VMM, and on the QEMU lab's emulated
+/// SVM the host CPU running it stopped getting timer interrupts (an RCU stall that hung the
+/// VMM's teardown: docs/VMM.md). About 50 us at 2 GHz; input waits in the UART until then.
+const IDLE_POLL_CYCLES: u64 = 100_000;
+
 /// The interactive part.
 #[derive(Debug)]
 struct Shell<C: ConfigSpace> {
@@ -70,6 +77,8 @@ impl<C: ConfigSpace> Shell<C> {
                     self.execute(line.as_str());
                     let _ = self.console.write_str(PROMPT);
                 }
+            } else {
+                spin_cycles(IDLE_POLL_CYCLES);
             }
             match self.power.poll_power_button() {
                 Some(ButtonPress::PowerOff) => {
