@@ -8,47 +8,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Setup, TestHostd, alive, big_stack};
+use common::{Setup, TestHostd, alive, big_stack, fastpath_binary};
 use hostd_proto::{
     CreateInstance, ErrorCode, EventKind, EventQuery, FastpathState, FastpathStatus, Request,
     Response, name,
 };
-
-/// The `fastpath` binary beside hostd's; built once if this test run did not build it
-/// (as the other tests do for hostd-vmm).
-fn fastpath_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = Path::new(env!("CARGO_BIN_EXE_hostd"))
-                .parent()
-                .unwrap()
-                .to_owned();
-            let path = dir.join("fastpath");
-            if !path.exists() {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let profile = if dir.ends_with("release") {
-                    vec!["--release"]
-                } else {
-                    vec![]
-                };
-                let status = Command::new(cargo)
-                    .args(["build", "-p", "fastpath", "--bin", "fastpath"])
-                    .args(profile)
-                    .status()
-                    .expect("run cargo to build fastpath");
-                assert!(status.success(), "building fastpath failed");
-            }
-            assert!(path.exists(), "no fastpath at {}", path.display());
-            path
-        })
-        .clone()
-}
 
 /// Two memory ports on core 1 (guest cores are 0-1): runs anywhere, as root.
 const MEMORY_PORTS: &str = r#"

@@ -47,30 +47,42 @@ pub fn kvm_guard() -> MutexGuard<'static, ()> {
 pub fn vmm_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let dir = Path::new(env!("CARGO_BIN_EXE_hostd"))
-                .parent()
-                .unwrap()
-                .to_owned();
-            let path = dir.join("hostd-vmm");
-            if !path.exists() {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let profile = if dir.ends_with("release") {
-                    vec!["--release"]
-                } else {
-                    vec![]
-                };
-                let status = Command::new(cargo)
-                    .args(["build", "-p", "vmm", "--bin", "hostd-vmm"])
-                    .args(profile)
-                    .status()
-                    .expect("run cargo to build hostd-vmm");
-                assert!(status.success(), "building hostd-vmm failed");
-            }
-            assert!(path.exists(), "no hostd-vmm at {}", path.display());
-            path
-        })
+        .get_or_init(|| binary_beside_hostd("vmm", "hostd-vmm"))
         .clone()
+}
+
+/// The `fastpath` binary beside hostd's, likewise.
+pub fn fastpath_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| binary_beside_hostd("fastpath", "fastpath"))
+        .clone()
+}
+
+/// Binary `bin` of workspace package `package` in hostd's target directory, built with
+/// hostd's profile if it is not there.
+fn binary_beside_hostd(package: &str, bin: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_hostd"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = dir.join(bin);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile = if dir.ends_with("release") {
+            vec!["--release"]
+        } else {
+            vec![]
+        };
+        let status = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", bin])
+            .args(profile)
+            .status()
+            .unwrap_or_else(|e| panic!("run cargo to build {bin}: {e}"));
+        assert!(status.success(), "building {bin} failed");
+    }
+    assert!(path.exists(), "no {bin} at {}", path.display());
+    path
 }
 
 /// How a test hostd is configured.
