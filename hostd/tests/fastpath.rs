@@ -83,6 +83,18 @@ impl Lab {
 
     /// Polls until the fast path is in `state`; remembers its pid for the cleanup.
     fn wait(&mut self, state: FastpathState) -> FastpathStatus {
+        self.wait_until(&format!("{state:?}"), |status| status.state == state)
+    }
+
+    /// Waits until it runs again, as another process than `old` (right after a kill, hostd
+    /// may not have seen the exit yet: the status still says running, with the old pid).
+    fn wait_restarted(&mut self, old: u32) -> FastpathStatus {
+        self.wait_until(&format!("running again, not as pid {old}"), |status| {
+            status.state == FastpathState::Running && status.pid.is_some_and(|pid| pid != old)
+        })
+    }
+
+    fn wait_until(&mut self, what: &str, done: impl Fn(&FastpathStatus) -> bool) -> FastpathStatus {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let status = self.status();
@@ -93,12 +105,12 @@ impl Lab {
                     }
                 }
             }
-            if status.state == state {
+            if done(&status) {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "the fast path is {:?} ({}), not {state:?}\n{}",
+                "the fast path is {:?} ({}), not {what}\n{}",
                 status.state,
                 status.reason,
                 self.hostd.log()
@@ -224,7 +236,7 @@ fn hostd_runs_restarts_and_stops_fastpath_and_keeps_its_core_from_guests_body() 
 
     // kill -9: hostd sees it, says so, and starts it again after the backoff.
     common::kill(first);
-    let restarted = lab.wait(FastpathState::Running);
+    let restarted = lab.wait_restarted(first);
     let second = restarted.pid.unwrap();
     assert_ne!(second, first);
     assert!(alive(second));
@@ -370,7 +382,7 @@ fn a_restarted_hostd_readopts_the_running_fastpath_body() {
         .refused(create("big", 2), ErrorCode::InsufficientResources);
     // It is watched again: its death is seen and it is restarted.
     common::kill(pid);
-    let restarted = lab.wait(FastpathState::Running);
+    let restarted = lab.wait_restarted(pid);
     assert_ne!(restarted.pid, Some(pid));
     let events = lab.events();
     assert!(
