@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::{InstanceRecord, InstanceVf, StoreError, VmmRecord, decode, encode};
 
+// Serialize only for the test that writes a store as the previous hostd did.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct VfV1 {
     port: String,
     pf: String,
@@ -21,6 +23,7 @@ struct VfV1 {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct InstanceV1 {
     id: u32,
     name: String,
@@ -101,41 +104,6 @@ pub(super) fn upgrade_instances(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Serialize;
-
-    /// The schema 1 layout, to write a store as the previous hostd did.
-    #[derive(Serialize)]
-    struct WriteVfV1 {
-        port: String,
-        pf: String,
-        index: u32,
-        addr: String,
-        settings: sriov::VfSettings,
-    }
-
-    #[derive(Serialize)]
-    struct WriteV1 {
-        id: u32,
-        name: String,
-        stack: Option<String>,
-        group: Option<String>,
-        template: String,
-        template_version: u32,
-        vcpus: u16,
-        ram_mib: u32,
-        disk_gib: u32,
-        hugepages: bool,
-        ha: bool,
-        cores: Vec<u16>,
-        vfs: Vec<WriteVfV1>,
-        state: InstanceState,
-        state_reason: String,
-        state_since_ms: u64,
-        want_running: bool,
-        vmm: Option<VmmRecord>,
-        ha_failures: Vec<u64>,
-        created_ms: u64,
-    }
 
     #[test]
     fn a_schema_1_store_opens_with_its_vfs_as_reservations() {
@@ -152,7 +120,7 @@ mod tests {
                 let mut meta = txn.open_table(super::super::META).unwrap();
                 meta.insert(super::super::SCHEMA, 1).unwrap();
                 let mut instances = txn.open_table(super::super::INSTANCES).unwrap();
-                let old = WriteV1 {
+                let old = InstanceV1 {
                     id: 3,
                     name: "old".into(),
                     stack: None,
@@ -165,7 +133,7 @@ mod tests {
                     hugepages: false,
                     ha: true,
                     cores: vec![1],
-                    vfs: vec![WriteVfV1 {
+                    vfs: vec![VfV1 {
                         port: "eth0".into(),
                         pf: "0000:01:00.0".into(),
                         index: 2,
