@@ -98,6 +98,29 @@ impl Asm {
             .op(0, 0, 0, 0, 0)
     }
 
+    /// Adds one frame of r7 bytes to the two u64 counters at `field` and `field + 8` of the
+    /// `counters` entry whose key is at fp`key`; without such an entry, goes on at `done`.
+    /// Clobbers r0-r5 (the helper call).
+    fn count_frame(
+        &mut self,
+        counters: &OwnedFd,
+        key: i16,
+        field: i16,
+        done: &'static str,
+    ) -> &mut Self {
+        self.load_map(1, counters)
+            .op(MOV_X, 2, 10, 0, 0)
+            .op(ADD_K, 2, 0, 0, i32::from(key))
+            .op(CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
+            .jump(JEQ_K, 0, 0, 0, done)
+            .op(LDXDW, 1, 0, field, 0)
+            .op(ADD_K, 1, 0, 0, 1)
+            .op(STXDW, 0, 1, field, 0)
+            .op(LDXDW, 1, 0, field + 8, 0)
+            .op(ADD_X, 1, 7, 0, 0)
+            .op(STXDW, 0, 1, field + 8, 0)
+    }
+
     fn finish(mut self) -> Vec<Insn> {
         for (at, name) in std::mem::take(&mut self.fixups) {
             let target = self
@@ -167,31 +190,11 @@ pub(crate) fn tc_program(port: u16, flows: &OwnedFd, counters: &OwnedFd) -> Vec<
         .op(ADD_K, 7, 0, 0, 4)
         .label("rx")
         .op(STW, 10, 0, -20, p)
-        .load_map(1, counters)
-        .op(MOV_X, 2, 10, 0, 0)
-        .op(ADD_K, 2, 0, 0, -20)
-        .op(CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
-        .jump(JEQ_K, 0, 0, 0, "tx")
-        .op(LDXDW, 1, 0, 0, 0)
-        .op(ADD_K, 1, 0, 0, 1)
-        .op(STXDW, 0, 1, 0, 0)
-        .op(LDXDW, 1, 0, 8, 0)
-        .op(ADD_X, 1, 7, 0, 0)
-        .op(STXDW, 0, 1, 8, 0)
+        .count_frame(counters, -20, 0, "tx")
         .label("tx")
         .op(LDXH, 1, 9, 4, 0)
         .op(STXW, 10, 1, -24, 0)
-        .load_map(1, counters)
-        .op(MOV_X, 2, 10, 0, 0)
-        .op(ADD_K, 2, 0, 0, -24)
-        .op(CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
-        .jump(JEQ_K, 0, 0, 0, "redirect")
-        .op(LDXDW, 1, 0, 16, 0)
-        .op(ADD_K, 1, 0, 0, 1)
-        .op(STXDW, 0, 1, 16, 0)
-        .op(LDXDW, 1, 0, 24, 0)
-        .op(ADD_X, 1, 7, 0, 0)
-        .op(STXDW, 0, 1, 24, 0)
+        .count_frame(counters, -24, 16, "redirect")
         .label("redirect")
         .op(LDXW, 1, 9, 0, 0)
         .op(LDXH, 3, 9, 6, 0)
